@@ -1,0 +1,201 @@
+"""AgentClient: the host side of the agent protocol (see device_agents/agent.py) over any Transport.
+
+It uploads the agent (skipped when that sha256 is already on the device), starts it, checks
+the protocol version, uploads models into the device's content-addressed cache, and maps the
+agent's error types onto edgeprune's exceptions. Every call has a timeout; `retrying` reconnects
+after a dropped connection with bounded, backed-off retries and chains the last error.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import numpy as np
+
+from device_agents.agent import PROTOCOL_VERSION
+from device_agents.transport import AgentChannel, ChannelTimeout, ConnectionLost, Transport
+from edgeprune._io import sha256_file
+from edgeprune.errors import BadInputError, DoesNotFitError, EdgePruneError, TargetUnreachableError
+
+AGENT_FILE = Path(__file__).with_name("agent.py")
+T = TypeVar("T")
+
+
+class ProtocolMismatchError(TargetUnreachableError):
+    """The agent on the device speaks another protocol version."""
+
+
+@dataclass
+class AgentOptions:
+    """How to run the agent and how patient to be with it."""
+
+    python: list[str] = field(default_factory=lambda: ["python3"])
+    env: dict[str, str] = field(default_factory=dict)
+    idle_timeout: float = 600.0
+    op_timeout: float = 60.0
+    retries: int = 2
+    backoff: float = 0.5
+    protocol: int = PROTOCOL_VERSION
+
+
+def map_agent_error(target: str, kind: str, message: str) -> EdgePruneError:
+    """The edgeprune exception for an error the agent reported."""
+    text = f"{target}: {message}"
+    if kind == "OutOfMemory":
+        return DoesNotFitError(f"{target}: does not fit (out of memory): {message}")
+    if kind in ("BadModel", "BadInput", "ChecksumMismatch", "BadRequest"):
+        return BadInputError(text)
+    if kind == "ProtocolMismatch":
+        return ProtocolMismatchError(text)
+    if kind == "NoRuntime":
+        return TargetUnreachableError(f"{text}; install it on the device or export another format")
+    return TargetUnreachableError(f"{text} [{kind}]")
+
+
+class AgentClient:
+    """A session with the agent on one device."""
+
+    def __init__(self, transport: Transport, options: Optional[AgentOptions] = None) -> None:
+        self.transport = transport
+        self.options = options or AgentOptions()
+        self.channel: Optional[AgentChannel] = None
+        self.hello: dict[str, Any] = {}
+        self._next_id = 0
+
+    @property
+    def name(self) -> str:
+        return self.transport.name
+
+    def cache_dir(self) -> str:
+        return f"{self.transport.workdir()}/cache"
+
+    def open(self) -> dict[str, Any]:
+        """Connect, make sure our agent is on the device, start it and say hello."""
+        if self.channel is not None:
+            return self.hello
+        self.transport.connect()
+        agent = self._ensure_agent()
+        argv = list(self.options.python) + [agent, "--cache", self.cache_dir(),
+                                             "--idle-timeout", str(self.options.idle_timeout)]
+        if self.options.env:
+            argv = ["env"] + [f"{k}={v}" for k, v in self.options.env.items()] + argv
+        self.channel = self.transport.start(argv)
+        self.hello = self.call("hello")
+        if self.hello.get("protocol") != self.options.protocol:
+            self.close()
+            raise ProtocolMismatchError(f"{self.name}: the agent speaks protocol {self.hello.get('protocol')}, "
+                                        f"this client speaks {self.options.protocol}")
+        return self.hello
+
+    def _ensure_agent(self) -> str:
+        """Remote path of agent.py named by its sha256; uploaded only when missing."""
+        sha = sha256_file(AGENT_FILE)
+        remote = f"{self.transport.workdir()}/agent-{sha[:16]}.py"
+        if not self.transport.exists(remote):
+            self.transport.upload(AGENT_FILE, remote)
+        return remote
+
+    def close(self) -> None:
+        """Say bye (best effort) and stop the agent."""
+        if self.channel is not None:
+            try:
+                self.channel.send_line(json.dumps({"id": 0, "op": "bye"}).encode())
+            except EdgePruneError:
+                pass
+            self.channel.close()
+            self.channel = None
+
+    def shutdown(self) -> None:
+        """Stop the agent and close the transport."""
+        self.close()
+        self.transport.close()
+
+    def __enter__(self) -> "AgentClient":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def call(self, op: str, timeout: Optional[float] = None, **fields: Any) -> dict[str, Any]:
+        """One request and its reply; agent errors become edgeprune exceptions."""
+        if self.channel is None:
+            raise ConnectionLost(f"{self.name}: no agent session")
+        self._next_id += 1
+        request = {"id": self._next_id, "op": op, "protocol": self.options.protocol, **fields}
+        self.channel.send_line(json.dumps(request).encode())
+        try:
+            reply = self._read_reply(self._next_id, timeout or self.options.op_timeout)
+        except ChannelTimeout:
+            self.close()  # a late agent is stopped, never left half-way through a request
+            raise
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise map_agent_error(self.name, str(err.get("type")), str(err.get("message")))
+        return reply
+
+    def _read_reply(self, rid: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.channel.recv_line(max(0.01, deadline - time.monotonic()))
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if reply.get("id") in (rid, None):
+                return reply
+
+    def retrying(self, fn: Callable[["AgentClient"], T]) -> T:
+        """Run fn(self), reconnecting after a dropped connection; bounded, backed-off retries."""
+        last: Optional[ConnectionLost] = None
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                time.sleep(self.options.backoff * (2 ** (attempt - 1)))
+            try:
+                self.open()
+                return fn(self)
+            except ConnectionLost as exc:
+                last = exc
+                self.close()
+                self.transport.close()
+        raise TargetUnreachableError(
+            f"{self.name}: failed after {self.options.retries + 1} attempt(s); last error: {last}") from last
+
+    def ensure_file(self, local: Path, sha: Optional[str] = None) -> dict[str, Any]:
+        """Put a local file into the device cache; uploaded only when that sha256 is missing."""
+        sha = sha or sha256_file(local)
+        ext = Path(local).suffix.lower()
+        reply = self.call("put", sha256=sha, ext=ext)
+        if not reply.get("present"):
+            self.transport.upload(Path(local), f"{self.cache_dir()}/{sha}{ext}")
+            reply = self.call("put", sha256=sha, ext=ext)
+        if not reply.get("present"):
+            raise TargetUnreachableError(f"{self.name}: uploaded {Path(local).name} but the agent cannot see it")
+        return reply
+
+    def bench(self, local: Path, sha: str, runtime: str, threads: int, warmup: int, runs: int,
+              min_seconds: float, warmup_seconds: float, timeout: float) -> dict[str, Any]:
+        """Benchmark a model (uploading it first if needed); raw times come back in seconds."""
+        self.ensure_file(local, sha)
+        return self.call("bench", timeout=timeout + 30.0, sha256=sha, ext=Path(local).suffix.lower(),
+                         runtime=runtime, threads=threads, warmup=warmup, runs=runs,
+                         min_seconds=min_seconds, warmup_seconds=warmup_seconds,
+                         timeout_s=timeout, max_seconds=timeout)
+
+    def infer(self, local: Path, sha: str, runtime: str, threads: int, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the model on NCHW inputs on the device; outputs as numpy arrays."""
+        self.ensure_file(local, sha)
+        reply = self.call("infer", sha256=sha, ext=Path(local).suffix.lower(), runtime=runtime,
+                          threads=threads, inputs=[_to_npy(a) for a in inputs])
+        return [np.load(io.BytesIO(base64.b64decode(o)), allow_pickle=False) for o in reply["outputs"]]
+
+
+def _to_npy(arr: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,227 @@
+"""PyTorch -> ONNX (static shapes, input "input", output "logits") in fp32, fp16, int8 and dynamic.
+
+int8 is static QDQ quantization by onnxruntime.quantization: int8 weights per output channel,
+int8 activations calibrated (MinMax) on samples of the data set. Nodes can be kept in float
+(mixed precision) by torch module name or ONNX node name.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgeprune.errors import BadInputError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+              "MatMulInteger", "DynamicQuantizeLinear"}
+_INT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+              onnx.TensorProto.UINT4, onnx.TensorProto.INT16, onnx.TensorProto.UINT16}
+
+
+def torch_to_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, opset: int = 17,
+                  batch_size: int = 1, exporter: str = "torchscript") -> None:
+    """Export `model` in fp32 with a static [batch, C, H, W] input, then check the file."""
+    example = torch.zeros(batch_size, *input_shape)
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(
+                model.eval(), (example,), str(path), input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], opset_version=max(opset, 18 if exporter == "dynamo" else opset),
+                do_constant_folding=True, dynamo=exporter == "dynamo",
+            )
+    except Exception as exc:  # torch raises many types; the user needs the first line
+        raise BadInputError(f"cannot export to ONNX (unsupported op?): {_first_line(exc)}") from None
+    check_onnx(path)
+
+
+def check_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file; a truncated or invalid file is a BadInputError."""
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise BadInputError(f"{Path(path).name} is not a valid ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and arithmetic; the input and output stay float32 (Cast at the edges)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        model16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    _topological_sort(model16.graph)
+    onnx.save(model16, str(dst))
+    check_onnx(dst)
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after its inputs' producers (the fp16 pass appends Casts)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise BadInputError("the ONNX graph has a cycle or a dangling input")
+        for node in progress:
+            ready.update(node.output)
+        ordered.extend(progress)
+        pending = [n for n in pending if n not in progress]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bool = True,
+                  keep_float: Iterable[str] = ()) -> None:
+    """Static QDQ int8 (weights and activations) calibrated on `calibration` (NCHW)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(src))
+    batch = _input_batch(model)
+    exclude = resolve_nodes(model, keep_float)
+    try:
+        with _quiet():
+            quantize_static(
+                str(src), str(dst), _CalibrationReader(calibration, batch),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+    except Exception as exc:
+        raise BadInputError(f"int8 quantization failed: {_first_line(exc)}") from None
+    check_onnx(dst)
+
+
+def quantize_dynamic(src: Path, dst: Path, per_channel: bool = True) -> None:
+    """Dynamic-range int8: int8 weights, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    try:
+        with _quiet():
+            # ConvInteger in onnxruntime's CPU provider takes uint8 weights only
+            ort_quantize_dynamic(str(src), str(dst), per_channel=per_channel,
+                                 weight_type=QuantType.QUInt8)
+    except Exception as exc:
+        raise BadInputError(f"dynamic quantization failed: {_first_line(exc)}") from None
+    check_onnx(dst)
+
+
+class _CalibrationReader:
+    """onnxruntime CalibrationDataReader over NCHW samples, in batches of the model's size."""
+
+    def __init__(self, x: np.ndarray, batch: int):
+        usable = len(x) - len(x) % batch
+        if usable == 0:
+            raise BadInputError(f"need at least {batch} calibration samples, got {len(x)}")
+        self._batches: Iterator[np.ndarray] = iter(np.split(x[:usable], usable // batch))
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+    def rewind(self) -> None:  # part of the reader protocol; one pass is all MinMax needs
+        pass
+
+
+def _input_batch(model: onnx.ModelProto) -> int:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return max(1, dims[0].dim_value) if dims else 1
+
+
+def resolve_nodes(model: onnx.ModelProto, names: Iterable[str]) -> List[str]:
+    """Map torch module names or ONNX node names to the ONNX nodes they denote."""
+    nodes = [n.name for n in model.graph.node]
+    found: List[str] = []
+    for name in names:
+        hits = [n for n in nodes if n == name or module_of(n) == name]
+        if not hits:
+            raise BadInputError(f"no node or module named {name!r} in the ONNX graph")
+        found.extend(hits)
+    return found
+
+
+def module_of(node_name: str) -> Optional[str]:
+    """The torch module a torchscript-exported node belongs to ("/a/a.0/conv1/Conv" -> "a.0.conv1")."""
+    segments = node_name.strip("/").split("/")[:-1]
+    if not segments:
+        return None
+    # a segment extending the previous one ("block" -> "block.0") is a Sequential index
+    full, prev = segments[0], segments[0]
+    for seg in segments[1:]:
+        full += seg[len(prev):] if seg.startswith(prev + ".") else "." + seg
+        prev = seg
+    return full
+
+
+def node_precisions(model: onnx.ModelProto) -> Dict[str, str]:
+    """Precision of each weighted node (Conv, Gemm, MatMul): fp32, fp16, int8 or dynamic."""
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    result: Dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type in ("ConvInteger", "MatMulInteger"):
+            result[node.name] = "dynamic"
+        elif node.op_type in ("QLinearConv", "QLinearMatMul"):
+            result[node.name] = "int8"
+        elif node.op_type in WEIGHTED_OPS and len(node.input) > 1:
+            result[node.name] = _weight_precision(node.input[1], inits, producers)
+    return result
+
+
+def _weight_precision(tensor: str, inits: Dict[str, int], producers: Dict[str, onnx.NodeProto]) -> str:
+    producer = producers.get(tensor)
+    while producer is not None and producer.op_type in ("Transpose", "Reshape", "Identity"):
+        tensor = producer.input[0]
+        producer = producers.get(tensor)
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        return "int8" if inits.get(producer.input[0]) in _INT_TYPES else "fp32"
+    return "fp16" if inits.get(tensor) == onnx.TensorProto.FLOAT16 else "fp32"
+
+
+def onnx_precision(path: Path) -> str:
+    """The artifact's precision, read from its graph: fp32, fp16, int8, dynamic or mixed."""
+    kinds = set(node_precisions(check_onnx(path)).values())
+    if not kinds:
+        return "fp32"
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "mixed" if "int8" in kinds else sorted(kinds)[0]
+
+
+def onnx_io(path: Path) -> Tuple[List[int], List[int]]:
+    """Static input and output shapes of an ONNX file."""
+    model = check_onnx(path)
+    dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    return dims(model.graph.input[0]), dims(model.graph.output[0])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence exporter chatter (warnings and prints) so stdout stays clean for --json."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization warns through the root logger
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

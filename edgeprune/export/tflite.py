@@ -1,0 +1,203 @@
+"""PyTorch -> ONNX -> TensorFlow SavedModel (onnx2tf) -> TFLite, in fp32, fp16, dynamic and int8.
+
+onnx2tf only builds the NHWC SavedModel; every .tflite is made here by TFLiteConverter, so
+int8 calibration uses the user's data set (the representative dataset) and nothing is ever
+downloaded: onnx2tf's sample-image download is replaced by the same data for the whole call.
+
+int8 is full-integer: int8 kernels and, by default, int8 input and output tensors (the
+runner and the verifier (de)quantize with each tensor's scale and zero point); `int8_io=False`
+keeps float32 input/output. Mixed precision (ops kept in float) goes through the TFLite
+quantization debugger's denylist and has float32 input/output.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
+
+import numpy as np
+import onnx
+
+from edgeprune._optional import require
+from edgeprune.errors import BadInputError
+from edgeprune.export.onnx import _first_line, node_precisions, resolve_nodes
+
+WEIGHTED_TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+_SAMPLE_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+def onnx_to_saved_model(onnx_path: Path, out_dir: Path, samples_nhwc: np.ndarray) -> Path:
+    """Convert an fp32 ONNX file to an NHWC SavedModel with onnx2tf, offline."""
+    onnx2tf = require("onnx2tf")
+    tf = require("tensorflow")
+    module = require("onnx2tf.onnx2tf")
+    saved = out_dir / "saved_model"
+    patched = lambda: samples_nhwc.astype(np.float32)  # noqa: E731  (no network, our data)
+    original = module.download_test_image_data
+    module.download_test_image_data = patched
+    try:
+        with _quiet(tf):
+            onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(saved),
+                            non_verbose=True, verbosity="error")
+    except SystemExit as exc:  # onnx2tf exits the interpreter on conversion errors
+        raise BadInputError(f"onnx2tf cannot convert the model (unsupported op?), exit {exc.code}") from None
+    except Exception as exc:
+        raise BadInputError(f"onnx2tf cannot convert the model: {_first_line(exc)}") from None
+    finally:
+        module.download_test_image_data = original
+    if not (saved / "saved_model.pb").is_file():
+        raise BadInputError("onnx2tf produced no SavedModel (unsupported op?)")
+    return saved
+
+
+def saved_model_to_tflite(saved: Path, precision: str, samples_nhwc: Optional[np.ndarray] = None,
+                          per_channel: bool = True, int8_io: bool = True,
+                          keep_float: Iterable[str] = ()) -> bytes:
+    """TFLite flatbuffer bytes of a SavedModel at fp32, fp16, dynamic or int8."""
+    tf = require("tensorflow")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter._experimental_disable_per_channel = not per_channel
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        if samples_nhwc is None:
+            raise BadInputError("int8 needs calibration data")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(samples_nhwc)
+        keep = list(keep_float)
+        if keep:
+            return _selective_int8(tf, converter, samples_nhwc, keep)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    try:
+        with _quiet(tf):
+            return converter.convert()
+    except Exception as exc:
+        raise BadInputError(f"TFLite conversion failed ({precision}): {_first_line(exc)}") from None
+
+
+def _selective_int8(tf, converter, samples_nhwc: np.ndarray, keep_float: List[str]) -> bytes:
+    """int8 with the named ops (output tensor names) left in float, via the quantization debugger."""
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep_float)
+    try:
+        with _quiet(tf):
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=_representative(samples_nhwc[:8]),
+                debug_options=options)
+            return debugger.get_nondebug_quantized_model()
+    except Exception as exc:
+        raise BadInputError(f"selective int8 conversion failed: {_first_line(exc)}") from None
+
+
+def _representative(samples_nhwc: np.ndarray) -> Callable[[], Iterator[List[np.ndarray]]]:
+    def gen() -> Iterator[List[np.ndarray]]:
+        for sample in samples_nhwc:
+            yield [sample[None].astype(np.float32)]
+
+    return gen
+
+
+def tflite_nodes_for(onnx_model: onnx.ModelProto, fp32_tflite: bytes, names: Iterable[str]) -> List[str]:
+    """TFLite op output names of ONNX nodes / torch modules, matched by their weights."""
+    wanted = resolve_nodes(onnx_model, names)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
+    by_node = {n.name: n for n in onnx_model.graph.node}
+    ops = weighted_ops(fp32_tflite)
+    found = []
+    for node_name in wanted:
+        node = by_node[node_name]
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            continue  # not a weighted op; nothing to keep in float
+        match = [name for name, w in ops if _same_values(w, weight)]
+        if not match:
+            raise BadInputError(f"cannot find {node_name!r} in the TFLite graph")
+        found.append(match[0])
+    return found
+
+
+def weighted_ops(tflite: bytes) -> List[tuple]:
+    """(output tensor name, weight array) of each conv / fully-connected op in a float model."""
+    interp = require("ai_edge_litert.interpreter").Interpreter(model_content=tflite)
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    result = []
+    for op in interp._get_ops_details():
+        if op["op_name"] in WEIGHTED_TFLITE_OPS:
+            weight = interp.get_tensor(int(op["inputs"][1]))
+            result.append((details[int(op["outputs"][0])]["name"], weight))
+    return result
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.size != b.size:
+        return False
+    return bool(np.allclose(np.sort(a.ravel()), np.sort(b.ravel().astype(a.dtype)), atol=1e-5))
+
+
+def tflite_node_precisions(path: Path) -> Dict[str, str]:
+    """Precision of each conv / fully-connected op, read from its tensor types."""
+    interp = _interpreter(path)
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    producers = {int(o): op for op in interp._get_ops_details() for o in op["outputs"]}
+    result = {}
+    for op in interp._get_ops_details():
+        if op["op_name"] not in WEIGHTED_TFLITE_OPS:
+            continue
+        act, weight = (details[int(i)] for i in op["inputs"][:2])
+        name = details[int(op["outputs"][0])]["name"]
+        result[name] = _op_precision(act, weight, producers, details)
+    return result
+
+
+def _op_precision(act: dict, weight: dict, producers: dict, details: dict) -> str:
+    if weight["dtype"] == np.int8:
+        return "int8" if np.issubdtype(act["dtype"], np.integer) else "dynamic"
+    source = producers.get(weight["index"])
+    if source is not None and source["op_name"] == "DEQUANTIZE":
+        return "fp16" if details[int(source["inputs"][0])]["dtype"] == np.float16 else "int8"
+    return "fp32"
+
+
+def tflite_precision(path: Path) -> str:
+    """The artifact's precision from its tensors: fp32, fp16, dynamic, int8 or mixed."""
+    kinds = set(tflite_node_precisions(path).values())
+    if len(kinds) <= 1:
+        return kinds.pop() if kinds else "fp32"
+    return "mixed" if "int8" in kinds else sorted(kinds)[0]
+
+
+def _interpreter(path: Path):
+    interpreter_mod = require("ai_edge_litert.interpreter")
+    try:
+        return interpreter_mod.Interpreter(model_path=str(path))
+    except Exception as exc:
+        raise BadInputError(f"{Path(path).name} is not a valid TFLite model: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _quiet(tf) -> Iterator[None]:
+    """Keep onnx2tf / TF chatter off stdout so --json output stays one object."""
+    tf.get_logger().setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def nhwc(x_nchw: np.ndarray) -> np.ndarray:
+    """NCHW -> NHWC, contiguous."""
+    return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+
+
+def workdir() -> tempfile.TemporaryDirectory:
+    """A scratch directory for the intermediate ONNX and SavedModel."""
+    return tempfile.TemporaryDirectory(prefix="edgeprune-tflite-", dir=os.environ.get("TMPDIR"))

@@ -1,0 +1,137 @@
+"""Training, fine-tuning and evaluation (top-1 / top-5), with progress bars on stderr."""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edgeprune.data import LabeledData
+from edgeprune.errors import BadInputError
+
+
+@dataclass
+class TrainConfig:
+    """SGD with momentum, one-cycle learning rate, light shift augmentation."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    shift: int = 2          # random translation in pixels; 0 disables augmentation
+    seed: int = 0
+    threads: Optional[int] = None
+    progress: bool = True
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise BadInputError(
+                f"bad training settings: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch for a reproducible run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(model: nn.Module, data: LabeledData, cfg: TrainConfig) -> Dict[str, float]:
+    """Train in place; returns the last epoch's mean loss and the wall time."""
+    _check_data(model, data)
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.epochs == 0:
+        return {"loss": float("nan"), "seconds": 0.0}
+    loader = data.loader(cfg.batch_size, shuffle=True, seed=cfg.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs,
+                                                steps_per_epoch=len(loader))
+    start, loss = time.time(), float("nan")
+    for epoch in range(cfg.epochs):
+        loss = _epoch(model, loader, opt, sched, cfg, f"epoch {epoch + 1}/{cfg.epochs}")
+    model.eval()
+    return {"loss": loss, "seconds": time.time() - start}
+
+
+def finetune(model: nn.Module, data: LabeledData, epochs: int = 1, lr: float = 0.01,
+             seed: int = 0, progress: bool = True) -> Dict[str, float]:
+    """Short recovery training after pruning: a smaller learning rate, same recipe."""
+    return train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress))
+
+
+def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str) -> float:
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, file=sys.stderr, disable=not cfg.progress, leave=False)
+    for x, y in bar:
+        x = random_shift(x, cfg.shift)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total, count = total + loss.item() * len(y), count + len(y)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    return total / max(count, 1)
+
+
+def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Translate each image by up to `pixels` in x and y (zero fill)."""
+    if pixels <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pixels,) * 4)
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n))
+    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(-1, x.shape[1], -1, w + 2 * pixels)
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(-1, x.shape[1], h, -1)
+    return out.gather(3, cols)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: LabeledData, batch_size: int = 256) -> Dict[str, float]:
+    """Top-1 and top-5 accuracy in percent."""
+    _check_data(model, data)
+    model.eval()
+    top1 = top5 = 0
+    for x, y in data.loader(batch_size):
+        logits = model(x)
+        k = min(5, logits.shape[1])
+        best = logits.topk(k, dim=1).indices
+        top1 += (best[:, 0] == y).sum().item()
+        top5 += (best == y.view(-1, 1)).any(dim=1).sum().item()
+    n = max(len(data), 1)
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "samples": len(data)}
+
+
+def _check_data(model: nn.Module, data: LabeledData) -> None:
+    """A wrong input shape or too many classes gets one clear line, not a conv error."""
+    if len(data) == 0:
+        raise BadInputError("the data set is empty")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.x[:1])
+    except RuntimeError as exc:
+        raise BadInputError(
+            f"data of shape {tuple(data.input_shape)} does not fit the model: "
+            f"{str(exc).splitlines()[0][:160]}") from None
+    finally:
+        model.train(was_training)
+    if out.shape[1] < data.num_classes:
+        raise BadInputError(f"model has {out.shape[1]} outputs but the data has {data.num_classes} classes")

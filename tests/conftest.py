@@ -1,0 +1,43 @@
+"""Shared fixtures: small models and data that build in seconds."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    from edgeprune.data import load_dataset
+    return load_dataset("mnist", "test")
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    from edgeprune.data import load_dataset
+    return load_dataset("mnist", "train")
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+    """Run the real `edgeprune` console script; returns the CompletedProcess."""
+    exe = Path(sys.executable).with_name("edgeprune")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
