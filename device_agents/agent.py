@@ -18,6 +18,10 @@ Operations:
             "warmup_seconds", "timeout_s"}: runs in a FRESH child process so peak memory is
             that model's alone; returns raw per-run times (seconds), load_ms, peak_memory_mb
             (VmHWM after the runs minus VmRSS before loading the model) and memory_method.
+            The child is pre-started with numpy and the runtime already imported (one per
+            runtime, never reused: a new one is started after each bench), so a bench does not
+            pay for interpreter start-up and imports; `--prewarm RUNTIME` on the command line
+            starts the first one at once.
     infer   {"sha256", "ext", "runtime", "threads", "inputs": [base64 .npy]} -> "outputs".
             Inputs are NCHW; when the model wants NHWC they are transposed.
     bye     ends the agent.
@@ -45,6 +49,8 @@ import time
 
 PROTOCOL_VERSION = 1
 HIDE_RUNTIMES_ENV = "EDGEPRUNE_AGENT_HIDE_RUNTIMES"
+READY_LINE = '{"ready": true}\n'
+READY_TIMEOUT_S = 120.0
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 TFLITE_DISTS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                 "tensorflow": "tensorflow"}
@@ -221,7 +227,9 @@ def nvpmodel_mode():
 
 def op_hello(state, req):
     """Identify the device and its runtimes."""
-    runtimes = available_runtimes()
+    runtimes = runtimes_of(state)
+    for name in req.get("prewarm") or []:
+        prewarm(state, name)
     reply = {
         "protocol": PROTOCOL_VERSION,
         "runtimes": dict((k, v["version"]) for k, v in runtimes.items()),
@@ -383,9 +391,17 @@ def _load_error(exc, path):
     return AgentError("BadModel", "cannot load %s: %s" % (os.path.basename(path), text.splitlines()[0][:300] if text else ""))
 
 
-def open_runner(path, runtime, threads):
+def runtimes_of(state):
+    """available_runtimes(), looked up once per agent (the metadata scan is not free)."""
+    if state.get("runtimes") is None:
+        state["runtimes"] = available_runtimes()
+    return state["runtimes"]
+
+
+def open_runner(path, runtime, threads, runtimes=None):
     """A runner for the model at `path` with the requested runtime."""
-    runtimes = available_runtimes()
+    if runtimes is None:
+        runtimes = available_runtimes()
     want = runtime or ("tflite" if path.endswith(".tflite") else "onnxruntime")
     if want not in runtimes:
         have = ", ".join(sorted(runtimes)) or "none"
@@ -488,27 +504,26 @@ def _timed_runs(runner, arrays, min_runs, min_seconds, max_seconds):
             return times
 
 
-def _preimport(runtime):
-    """Import the runtime before the baseline is read: its import cost is not the model's."""
-    found = available_runtimes().get(runtime)
-    if found is not None:
-        import importlib
-        importlib.import_module(found["module"])
+def _preimport(module):
+    """Import numpy and the runtime before the baseline is read: their cost is not the model's."""
+    import importlib
+    importlib.import_module("numpy")
+    if module:
+        importlib.import_module(module)
 
 
 def bench_child(spec):
     """Load one model, warm up, time the counted runs; runs in its own process."""
-    _watch_parent(os.getppid())
     try:
         with open("/proc/self/oom_score_adj", "w") as fh:
             fh.write("1000")  # under a memory limit, the OOM killer should pick us, not the agent
     except OSError:
         pass
     runtime = spec.get("runtime")
-    _preimport(runtime)
+    runtimes = {runtime: {"module": spec.get("module"), "version": None}}
     baseline_kb, method = memory_baseline()
     t0 = time.perf_counter()
-    runner = open_runner(spec["path"], runtime, spec["threads"])
+    runner = open_runner(spec["path"], runtime, spec["threads"], runtimes)
     arrays = synthetic_inputs(runner)
     runner.run(arrays)  # first run: allocations belong to load, as benchmark_model reports them
     load_ms = (time.perf_counter() - t0) * 1000.0
@@ -523,9 +538,19 @@ def bench_child(spec):
             "input_shapes": [list(a.shape) for a in arrays], "wall_s": wall_s}
 
 
-def child_main():
-    """Entry of the fresh bench process: one JSON spec on stdin, one JSON reply on stdout."""
-    spec = json.loads(sys.stdin.readline())
+def child_main(module):
+    """Entry of the fresh bench process: imports first, then one JSON spec on stdin, one reply on stdout."""
+    _watch_parent(os.getppid())
+    try:
+        _preimport(module)
+    except Exception:
+        pass  # the runner's own import reports it as the bench's error
+    sys.stdout.write(READY_LINE)  # the agent waits for this, so no import overlaps a measurement
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0  # a pre-started child that was never used
+    spec = json.loads(line)
     try:
         reply = {"ok": True, "result": bench_child(spec)}
     except AgentError as exc:
@@ -536,15 +561,17 @@ def child_main():
         reply = {"ok": False, "error": {"type": "BadModel", "message": "%s: %s" % (type(exc).__name__, exc)}}
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
-    return 0
+    os._exit(0)  # skip the runtime's interpreter teardown: it can take longer than the bench
 
 
 def _bench_spec(state, req):
     path = require_cached(state, req)
     runtime = req.get("runtime") or ("tflite" if path.endswith(".tflite") else "onnxruntime")
-    if runtime not in available_runtimes():
-        open_runner(path, runtime, 1)  # raises NoRuntime with the list of runtimes found
-    return {"path": path, "runtime": runtime, "threads": int(req.get("threads", 1)),
+    runtimes = runtimes_of(state)
+    if runtime not in runtimes:
+        open_runner(path, runtime, 1, runtimes)  # raises NoRuntime with the list of runtimes found
+    return {"path": path, "runtime": runtime, "module": runtimes[runtime]["module"],
+            "threads": int(req.get("threads", 1)),
             "warmup": int(req.get("warmup", 1)), "warmup_seconds": float(req.get("warmup_seconds", 0.5)),
             "runs": int(req.get("runs", 50)), "min_seconds": float(req.get("min_seconds", 1.0)),
             "max_seconds": float(req.get("max_seconds", 120.0))}
@@ -559,15 +586,70 @@ def _oom_error(before_kills):
     return AgentError("Internal", "the bench process was killed (SIGKILL)")
 
 
+def _spawn_child(module):
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bench-child", module or ""],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def prewarm(state, runtime):
+    """Start a bench child for `runtime` that imports numpy and the runtime, then waits for its spec."""
+    found = runtimes_of(state).get(runtime)
+    proc = state["warm"].get(runtime)
+    if found is None or (proc is not None and proc.poll() is None):
+        return
+    state["warm"][runtime] = _spawn_child(found["module"])
+
+
+def _wait_ready(proc, timeout):
+    """Read the child's ready line; False when it died or was too slow."""
+    if getattr(proc, "ready", False):
+        return True
+    fd, seen, deadline = proc.stdout.fileno(), b"", time.time() + timeout
+    while b"\n" not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+        chunk = os.read(fd, 256) if ready else b""
+        if not chunk:
+            return False
+        seen += chunk
+    proc.ready = True
+    return True
+
+
+def _discard(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+def _take_child(state, spec):
+    """A ready child for the spec's runtime (pre-started or new); other pre-started children
+    finish their imports first, so none of them competes with the measurement for the CPU."""
+    for runtime, proc in list(state["warm"].items()):
+        if not _wait_ready(proc, READY_TIMEOUT_S):
+            _discard(state["warm"].pop(runtime))
+    proc = state["warm"].pop(spec["runtime"], None) or _spawn_child(spec["module"])
+    if not _wait_ready(proc, READY_TIMEOUT_S):
+        _discard(proc)
+        raise AgentError("Internal", "the bench process did not start")
+    return proc
+
+
+def stop_children(state):
+    """End the pre-started children (they also exit on stdin EOF or when the agent dies)."""
+    for proc in state["warm"].values():
+        _discard(proc)
+    state["warm"] = {}
+
+
 def op_bench(state, req):
     """Benchmark a cached model in a fresh child process; throttling read before and after."""
     spec = _bench_spec(state, req)
     timeout = float(req.get("timeout_s", 300.0))
     throttle_before = throttled_state()
     kills = oom_kill_count()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bench-child"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    state["child"] = proc
+    t0 = time.perf_counter()
+    proc = _take_child(state, spec)
+    t1 = time.perf_counter()
     try:
         out, err = proc.communicate(json.dumps(spec).encode() + b"\n", timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -575,7 +657,7 @@ def op_bench(state, req):
         proc.communicate()
         raise AgentError("Timeout", "bench did not finish within %.0f s" % timeout)
     finally:
-        state["child"] = None
+        prewarm(state, spec["runtime"])  # the next bench of this runtime finds its child ready
     if proc.returncode == -signal.SIGKILL:
         raise _oom_error(kills)
     reply = _child_reply(out, err, proc.returncode)
@@ -583,13 +665,15 @@ def op_bench(state, req):
     result["throttled_before"] = throttle_before
     result["throttled_after"] = throttled_state()
     result["runtime"] = spec["runtime"]
-    result["runtime_version"] = available_runtimes()[spec["runtime"]]["version"]
+    result["runtime_version"] = runtimes_of(state)[spec["runtime"]]["version"]
+    result["agent_s"] = {"wait_for_child": t1 - t0, "child": time.perf_counter() - t1}
     return result
 
 
 def _child_reply(out, err, returncode):
     """Parse the child's one-line reply, turning its error into an AgentError."""
-    lines = [l for l in out.decode("utf-8", "replace").splitlines() if l.startswith("{")]
+    lines = [l for l in out.decode("utf-8", "replace").splitlines()
+             if l.startswith("{") and l != READY_LINE.strip()]
     if not lines:
         tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
         if returncode is not None and returncode < 0:
@@ -624,7 +708,7 @@ def op_infer(state, req):
     key = (path, req.get("runtime"), int(req.get("threads", 1)))
     runner = state["runners"].get(key)
     if runner is None:
-        runner = open_runner(path, req.get("runtime"), key[2])
+        runner = open_runner(path, req.get("runtime"), key[2], runtimes_of(state))
         state["runners"] = {key: runner}  # keep one model loaded, not all of them
     inputs = [_load_npy(b) for b in req.get("inputs", [])]
     if len(inputs) != len(runner.input_specs()):
@@ -674,23 +758,35 @@ def _watch_parent(parent):
 
 
 def _parse_args(argv):
-    args = {"cache": os.path.join(os.path.expanduser("~"), ".cache", "edgeprune-agent"), "idle": 600.0}
+    args = {"cache": os.path.join(os.path.expanduser("~"), ".cache", "edgeprune-agent"), "idle": 600.0,
+            "prewarm": []}
     i = 0
     while i < len(argv):
         if argv[i] == "--cache":
             args["cache"] = argv[i + 1]
         elif argv[i] == "--idle-timeout":
             args["idle"] = float(argv[i + 1])
+        elif argv[i] == "--prewarm":
+            args["prewarm"].append(argv[i + 1])
         i += 2
     return args
 
 
-def serve(cache, idle_timeout):
+def serve(cache, idle_timeout, prewarm_runtimes=()):
     """Answer requests from stdin until bye, EOF, parent death or idle timeout."""
     if not os.path.isdir(cache):
         os.makedirs(cache)
-    state = {"cache": cache, "running": True, "runners": {}, "child": None}
+    state = {"cache": cache, "running": True, "runners": {}, "warm": {}, "runtimes": None}
     _watch_parent(os.getppid())
+    for runtime in prewarm_runtimes:
+        prewarm(state, runtime)
+    try:
+        return _serve_loop(state, idle_timeout)
+    finally:
+        stop_children(state)
+
+
+def _serve_loop(state, idle_timeout):
     fd = sys.stdin.fileno()
     buf = b""
     last = time.time()
@@ -726,10 +822,10 @@ def _answer(state, line):
 
 def main(argv):
     if argv[:1] == ["--bench-child"]:
-        return child_main()
+        return child_main(argv[1] if len(argv) > 1 else "")
     args = _parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    return serve(args["cache"], args["idle"])
+    return serve(args["cache"], args["idle"], args["prewarm"])
 
 
 if __name__ == "__main__":

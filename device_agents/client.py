@@ -1,6 +1,7 @@
 """AgentClient: the host side of the agent protocol (see device_agents/agent.py) over any Transport.
 
-It uploads the agent (skipped when that sha256 is already on the device), starts it, checks
+It starts the agent (named by its sha256; uploaded only when starting it fails because that
+file is not on the device, so a warm device costs one command and one round trip), checks
 the protocol version, uploads models into the device's content-addressed cache, and maps the
 agent's error types onto edgeprune's exceptions. Every call has a timeout; `retrying` reconnects
 after a dropped connection with bounded, backed-off retries and chains the last error.
@@ -41,6 +42,7 @@ class AgentOptions:
     retries: int = 2
     backoff: float = 0.5
     protocol: int = PROTOCOL_VERSION
+    prewarm: list[str] = field(default_factory=list)  # runtimes whose bench process starts with the agent
 
 
 def map_agent_error(target: str, kind: str, message: str) -> EdgePruneError:
@@ -66,6 +68,7 @@ class AgentClient:
         self.channel: Optional[AgentChannel] = None
         self.hello: dict[str, Any] = {}
         self._next_id = 0
+        self._present: set[str] = set()  # sha256s the agent of this session has confirmed
 
     @property
     def name(self) -> str:
@@ -75,30 +78,37 @@ class AgentClient:
         return f"{self.transport.workdir()}/cache"
 
     def open(self) -> dict[str, Any]:
-        """Connect, make sure our agent is on the device, start it and say hello."""
+        """Connect, start our agent (uploading it when it is missing) and say hello."""
         if self.channel is not None:
             return self.hello
+        self._present = set()
         self.transport.connect()
-        agent = self._ensure_agent()
-        argv = list(self.options.python) + [agent, "--cache", self.cache_dir(),
-                                             "--idle-timeout", str(self.options.idle_timeout)]
-        if self.options.env:
-            argv = ["env"] + [f"{k}={v}" for k, v in self.options.env.items()] + argv
-        self.channel = self.transport.start(argv)
-        self.hello = self.call("hello")
+        sha = sha256_file(AGENT_FILE)
+        remote = f"{self.transport.workdir()}/agent-{sha[:16]}.py"
+        try:
+            self.hello = self._start(remote)
+        except ConnectionLost:
+            self.close()
+            if self.transport.exists(remote):
+                raise
+            self.transport.upload(AGENT_FILE, remote)
+            self.hello = self._start(remote)
         if self.hello.get("protocol") != self.options.protocol:
             self.close()
             raise ProtocolMismatchError(f"{self.name}: the agent speaks protocol {self.hello.get('protocol')}, "
                                         f"this client speaks {self.options.protocol}")
         return self.hello
 
-    def _ensure_agent(self) -> str:
-        """Remote path of agent.py named by its sha256; uploaded only when missing."""
-        sha = sha256_file(AGENT_FILE)
-        remote = f"{self.transport.workdir()}/agent-{sha[:16]}.py"
-        if not self.transport.exists(remote):
-            self.transport.upload(AGENT_FILE, remote)
-        return remote
+    def _start(self, agent: str) -> dict[str, Any]:
+        """Start the agent at the remote path and return its hello."""
+        argv = list(self.options.python) + [agent, "--cache", self.cache_dir(),
+                                             "--idle-timeout", str(self.options.idle_timeout)]
+        for runtime in self.options.prewarm:
+            argv += ["--prewarm", runtime]
+        if self.options.env:
+            argv = ["env"] + [f"{k}={v}" for k, v in self.options.env.items()] + argv
+        self.channel = self.transport.start(argv)
+        return self.call("hello")
 
     def close(self) -> None:
         """Say bye (best effort) and stop the agent."""
@@ -169,6 +179,8 @@ class AgentClient:
     def ensure_file(self, local: Path, sha: Optional[str] = None) -> dict[str, Any]:
         """Put a local file into the device cache; uploaded only when that sha256 is missing."""
         sha = sha or sha256_file(local)
+        if sha in self._present:
+            return {"present": True}
         ext = Path(local).suffix.lower()
         reply = self.call("put", sha256=sha, ext=ext)
         if not reply.get("present"):
@@ -176,6 +188,7 @@ class AgentClient:
             reply = self.call("put", sha256=sha, ext=ext)
         if not reply.get("present"):
             raise TargetUnreachableError(f"{self.name}: uploaded {Path(local).name} but the agent cannot see it")
+        self._present.add(sha)
         return reply
 
     def bench(self, local: Path, sha: str, runtime: str, threads: int, warmup: int, runs: int,

@@ -49,7 +49,6 @@ class SSHTransport(Transport):
         self._workdir_setting = workdir or ".cache/edgeprune-agent"
         self._client: Any = None
         self._sftp: Any = None
-        self._workdir: Optional[str] = None
 
     @property
     def where(self) -> str:
@@ -123,11 +122,9 @@ class SSHTransport(Transport):
         return self._sftp
 
     def workdir(self) -> str:
-        if self._workdir is None:
-            sftp = self._sftp_client()
-            base = self._workdir_setting
-            self._workdir = base if base.startswith("/") else f"{self._guard(sftp.normalize, '.')}/{base}"
-        return self._workdir
+        """The work directory; a relative one is relative to the login directory for both the
+        commands and SFTP, so naming it needs no round trip (and no SFTP session)."""
+        return self._workdir_setting.rstrip("/") or "/"
 
     def _guard(self, fn: Any, *args: Any) -> Any:
         """Call an SFTP function, mapping a dropped link to ConnectionLost."""
@@ -149,9 +146,10 @@ class SSHTransport(Transport):
 
     def _mkdirs(self, remote_dir: str) -> None:
         sftp = self._sftp_client()
-        parts = remote_dir.strip("/").split("/")
+        root = "/" if remote_dir.startswith("/") else ""
+        parts = [p for p in remote_dir.split("/") if p]
         for i in range(1, len(parts) + 1):
-            path = "/" + "/".join(parts[:i])
+            path = root + "/".join(parts[:i])
             try:
                 self._guard(sftp.stat, path)
             except FileNotFoundError:

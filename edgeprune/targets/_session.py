@@ -73,6 +73,13 @@ def check_artifact(path: Path) -> str:
     return runtime
 
 
+def prepare(target: "Target", client: Any, runtimes: list[str]) -> dict[str, Any]:
+    """Open the session (its agent pre-starts bench processes for `runtimes`) and return hello."""
+    if getattr(client, "channel", None) is None:
+        client.options.prewarm = list(dict.fromkeys(runtimes))
+    return client.retrying(lambda c: c.hello)
+
+
 def _runtime_version(target: "Target", hello: dict[str, Any], runtime: str) -> str:
     found = hello.get("runtimes") or {}
     if runtime not in found:
@@ -87,7 +94,7 @@ def measure(target: "Target", client: Any, path: Path, runs: int, warmup: int, t
     """The measurement protocol: cache lookup, bench, one re-measure when CV > 0.10, cache write."""
     runtime = check_artifact(path)
     sha = sha256_file(path)
-    hello = client.retrying(lambda c: c.hello)
+    hello = prepare(target, client, [runtime])
     version = _runtime_version(target, hello, runtime)
     settings = {"runtime": runtime, "threads": threads, "warmup": warmup, "runs": runs,
                 "min_seconds": min_seconds, "warmup_seconds": warmup_seconds}

@@ -166,7 +166,10 @@ def _sshd_config(sdir: Path, port: int, script: Path) -> str:
         "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no", f"AllowUsers {user}",
         f'ForceCommand "{script}"', f"Subsystem sftp {sftp}", "ClientAliveInterval 5",
-        "ClientAliveCountMax 3", "MaxStartups 50", "MaxSessions 50", "LogLevel ERROR", ""])
+        "ClientAliveCountMax 3", "MaxStartups 50", "MaxSessions 50", "LogLevel ERROR",
+        # bash sources the host user's ~/.bashrc for ssh commands at SHLVL 1 (0.3 s per command
+        # with pyenv there); an emulated board should not pay for this host's start-up files
+        "SetEnv SHLVL=1", ""])
 
 
 def _user() -> str:

@@ -162,6 +162,12 @@ class Target:
                            warmup_seconds=self.warmup_seconds if warmup_seconds is None else warmup_seconds,
                            use_cache=use_cache)
 
+    def compare(self, artifact_a: str | os.PathLike, artifact_b: str | os.PathLike, rounds: int = 5,
+                **settings: Any) -> "Comparison":
+        """Interleaved A/B comparison of two artifacts (see edgeprune.targets.compare)."""
+        from edgeprune.targets.compare import compare
+        return compare(self, artifact_a, artifact_b, rounds=rounds, **settings)
+
     def infer(self, artifact: str | os.PathLike, batch_nchw: np.ndarray) -> np.ndarray:
         """Run the artifact on the device on an NCHW batch; returns the first output."""
         from edgeprune.targets._session import infer
@@ -240,4 +246,5 @@ def list_targets() -> list[str]:
     return sorted(names)
 
 
-from edgeprune.targets.measurement import Measurement  # noqa: E402  (for the annotation above)
+from edgeprune.targets.compare import Comparison  # noqa: E402  (for the annotations above)
+from edgeprune.targets.measurement import Measurement  # noqa: E402

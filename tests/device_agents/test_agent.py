@@ -79,3 +79,50 @@ def test_idle_timeout_ends_the_agent(tmp_path):
     assert proc.wait(timeout=10) == 0 and time.monotonic() - start < 8
     proc.stdin.close()
     proc.stdout.close()
+
+
+def _bench_children(agent_pid):
+    """Pids of bench processes whose parent is agent_pid."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == agent_pid and b"--bench-child" in argv:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_prewarmed_bench_process_is_used_once_and_cleaned_up(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(AGENT), "--cache", str(tmp_path), "--prewarm", "onnxruntime"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not _bench_children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = _bench_children(proc.pid)
+        assert len(first) == 1  # started with the agent, before any request
+        sys.path.insert(0, str(AGENT.parent.parent))
+        from device_agents.testing import tiny_onnx
+        model = tiny_onnx(tmp_path / "m.onnx")
+        sha = hashlib.sha256(model.read_bytes()).hexdigest()
+        (tmp_path / f"{sha}.onnx").write_bytes(model.read_bytes())
+        ask = {"id": 1, "op": "bench", "sha256": sha, "ext": ".onnx", "runs": 5, "min_seconds": 0.05,
+               "warmup_seconds": 0.01}
+        proc.stdin.write(json.dumps(ask).encode() + b"\n")
+        proc.stdin.flush()
+        reply = json.loads(proc.stdout.readline())
+        assert reply["ok"] and len(reply["times_s"]) >= 5 and reply["peak_memory_mb"] >= 0
+        assert reply["agent_s"]["wait_for_child"] < 5.0
+        again = _bench_children(proc.pid)
+        assert len(again) == 1 and again != first  # a fresh process for the next model
+        proc.stdin.write(b'{"id": 2, "op": "bye"}\n')
+        proc.stdin.flush()
+        assert proc.wait(timeout=10) == 0
+        assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                       for pid in again)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,8 +1,8 @@
 """Fixtures for export tests: every zoo model, briefly trained, unpruned and 50% pruned.
 
-Weights are random except BatchNorm statistics (recomputed on MNIST) and the classifier head,
-fitted on MNIST features by ridge regression (a linear probe): logits then have a real classifier's margins, whereas untrained nets have
-near-tied logits whose top-1 flips under any rounding; training every model would take minutes.
+Training is brief (a dozen Adam steps on built-in MNIST): enough for BatchNorm statistics and
+logits with a classifier's margins. Untrained nets have near-tied logits whose top-1 flips
+under any rounding, and their random activations quantize far worse than trained ones.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 from edgeprune.models import Checkpoint, create_model, list_models
 
 INPUT_SHAPE = [1, 28, 28]
-PROBE_SAMPLES = 512
+TRAIN_STEPS = 12
+FINETUNE_STEPS = 4
 VARIANTS = [(name, pruned) for name in list_models() for pruned in (False, True)]
 
 
@@ -25,43 +26,18 @@ def variant_id(variant) -> str:
     return f"{name}-{'pruned50' if pruned else 'full'}"
 
 
-def _recalibrate_bn(model: torch.nn.Module, data, n: int = PROBE_SAMPLES) -> None:
-    """Set BatchNorm running statistics from data, as training would (no weight updates)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches below
+def _fit(model: torch.nn.Module, data, steps: int, batch: int = 32) -> torch.nn.Module:
+    """A few Adam steps: enough for BatchNorm statistics and logits with real margins."""
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
     model.train()
-    with torch.no_grad():
-        for start in range(0, n, 64):
-            model(data.x[start:start + 64])
-    model.eval()
-
-
-def _probe(model: torch.nn.Module, data, n: int = PROBE_SAMPLES) -> torch.nn.Module:
-    """Fit the classifier head by ridge regression on the model's own features (a linear probe).
-
-    Seconds instead of minutes of training, and logits with the margins of a real classifier.
-    """
-    from edgeprune.pruning import head_layer
-
-    _recalibrate_bn(model, data, n)
-    head = dict(model.named_modules())[head_layer(model)]
-    feats = []
-    hook = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0]))
-    with torch.no_grad():
-        model(data.x[:n])
-    hook.remove()
-    x = feats[0].flatten(2).mean(2) if feats[0].dim() == 4 else feats[0]
-    x = torch.cat([x, torch.ones(len(x), 1)], 1).double()
-    y = torch.nn.functional.one_hot(data.y[:n], 10).double() * 20 - 2
-    gram = x.T @ x
-    ridge = 0.1 * gram.diagonal().mean() * torch.eye(x.shape[1], dtype=x.dtype)
-    w = torch.linalg.solve(gram + ridge, x.T @ y).float()
-    with torch.no_grad():
-        head.weight.copy_(w[:-1].T.reshape(head.weight.shape))
-        head.bias.copy_(w[-1])
-    return model
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.y), (batch,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
 
 
 def _checkpoint(model: torch.nn.Module, arch: str) -> Checkpoint:
@@ -84,7 +60,7 @@ class Zoo:
 
     def _full(self, name: str) -> Checkpoint:
         torch.manual_seed(0)
-        return _checkpoint(_probe(create_model(name), self._train), name)
+        return _checkpoint(_fit(create_model(name), self._train, TRAIN_STEPS), name)
 
     def _pruned(self, name: str) -> Checkpoint:
         from edgeprune.pruning import PruneConfig, prune
@@ -92,7 +68,7 @@ class Zoo:
         model = create_model(name)
         model.load_state_dict(self.get(name).model.state_dict())
         prune(model, PruneConfig(ratio=0.5), torch.zeros(1, *INPUT_SHAPE))
-        return _checkpoint(_probe(model, self._train), name)
+        return _checkpoint(_fit(model, self._train, FINETUNE_STEPS), name)
 
 
 @pytest.fixture(scope="session")

@@ -133,5 +133,37 @@ def test_cli_emulate_up_status_down():
 
 
 def test_import_edgeprune_targets_is_light():
-    code = "import sys, edgeprune.targets; print(any(m in sys.modules for m in ('paramiko', 'tensorflow')))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip() == "False"
+    heavy = ("torch", "tensorflow", "paramiko", "onnx", "onnxruntime", "ai_edge_litert")
+    code = f"import sys, edgeprune.targets; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.fixture(scope="module")
+def zoo_checkpoint(tmp_path_factory):
+    """A small zoo model (resnet20, MNIST shape) saved as an edgeprune checkpoint."""
+    from edgeprune.models import create_model, save_checkpoint
+    path = tmp_path_factory.mktemp("zoo") / "resnet20.pt"
+    save_checkpoint(path, create_model("resnet20"), "resnet20", {}, {"input_shape": [1, 28, 28], "num_classes": 10})
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "tflite"])
+def test_cli_profile_exports_a_model_for_the_target_runtime(zoo_checkpoint, tmp_path, runtime):
+    profile = tmp_path / "host.yaml"
+    profile.write_text(f"name: host-{runtime}\ntransport: local\nruntime: {runtime}\nthreads: 1\n")
+    out = cli("profile", str(zoo_checkpoint), "--profile", str(profile), "--runs", "10", "--min-seconds", "0.2",
+              "--json", "--no-cache")
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    assert data["runtime"]["name"] == runtime and data["target"] == f"host-{runtime}"
+    assert data["latency_ms"]["p50"] > 0 and data["model_bytes"] > 100_000  # resnet20 fp32 is ~1 MB
+    assert f"to {'tflite' if runtime == 'tflite' else 'onnx'}" in out.stderr
+
+
+def test_cli_profile_rejects_unknown_model_kinds(tmp_path):
+    odd = tmp_path / "model.h5"
+    odd.write_bytes(b"x")
+    out = cli("profile", str(odd), "--target", "x86-ort")
+    assert out.returncode == 2 and "expected an artifact" in out.stderr

@@ -1,0 +1,99 @@
+"""Per zoo model: artifact size, host latency (onnxruntime and LiteRT, 1 thread, median of
+>= 50 runs) and top-1 agreement with PyTorch, fp32 vs int8. Prints a table, writes JSON.
+
+    python bench/bench_export.py [--models resnet20,vgg11] [--train-steps 12] [--runs 50]
+
+Weights: each model gets `--train-steps` Adam steps on built-in MNIST (0 = untrained), which
+is enough for size and latency, not for accuracy claims. Latency is a host number, not a device
+measurement: for a board, use `edgeprune profile --target`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from edgeprune.data import load_dataset
+from edgeprune.export import ExportConfig, export, load_runner, verify
+from edgeprune.models import Checkpoint, create_model, list_models
+
+OUT = Path(__file__).resolve().parent / "results" / "export.json"
+
+
+def brief_train(name: str, data, steps: int) -> Checkpoint:
+    """A zoo model after `steps` Adam steps (batch 32) on MNIST."""
+    torch.manual_seed(0)
+    model = create_model(name)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.y), (32,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    meta = {"input_shape": [1, 28, 28], "num_classes": 10, "dataset": "mnist"}
+    return Checkpoint(model=model.eval(), arch=name, metadata=meta)
+
+
+def bench_one(ckpt: Checkpoint, fmt: str, precision: str, test, work: Path, runs: int) -> Dict:
+    """Export, time and verify one artifact."""
+    path = work / f"{ckpt.arch}-{precision}.{fmt}"
+    t0 = time.perf_counter()
+    export(ckpt, ExportConfig(format=fmt, precision=precision, calibration_samples=64), path, data=test)
+    export_s = time.perf_counter() - t0
+    times = load_runner(path, threads=1).time_runs(test.x[:1].numpy(), runs=runs, warmup=10)
+    result = verify(path, ckpt, test, samples=500)
+    return {"model": ckpt.arch, "format": fmt, "precision": precision, "bytes": path.stat().st_size,
+            "latency_ms_p50": 1e3 * statistics.median(times), "runs": len(times), "threads": 1,
+            "top1_agreement": result.top1_agreement, "sqnr_db": result.sqnr_db,
+            "passed": result.passed, "export_s": export_s}
+
+
+def table(rows: List[Dict]) -> str:
+    """A fixed-width text table of the results."""
+    head = f"{'model':<14}{'fmt':<7}{'prec':<6}{'KiB':>9}{'p50 ms':>9}{'top1 agr':>10}{'SQNR dB':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['model']:<14}{r['format']:<7}{r['precision']:<6}{r['bytes'] / 1024:>9.1f}"
+                     f"{r['latency_ms_p50']:>9.3f}{100 * r['top1_agreement']:>9.1f}%{r['sqnr_db']:>9.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(list_models()))
+    p.add_argument("--formats", default="onnx,tflite")
+    p.add_argument("--train-steps", type=int, default=12)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models.split(","):
+            ckpt = brief_train(name, train, args.train_steps)
+            for fmt in args.formats.split(","):
+                for precision in ("fp32", "int8"):
+                    rows.append(bench_one(ckpt, fmt, precision, test, Path(work), args.runs))
+                    print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    print(table(rows))
+    meta = {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "train_steps": args.train_steps, "weights": "briefly trained"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

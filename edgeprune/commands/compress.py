@@ -1,0 +1,64 @@
+"""`edgeprune compress`: prune under a budget MEASURED on the target; export and verify."""
+from __future__ import annotations
+
+from edgeprune.commands._common import emit_json, log
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compress", help="compress a model to a latency/memory/accuracy budget on a target")
+    p.add_argument("model", help="an edgeprune checkpoint (.pt)")
+    p.add_argument("--target", required=True, help="target name (see `edgeprune targets list`)")
+    p.add_argument("--profile", help="a target profile YAML instead of a named target")
+    p.add_argument("--policy", required=True, choices=("latency", "memory", "accuracy"))
+    p.add_argument("--budget", help="latency: 12ms or 0.5x; memory: 2MB or peak:64MB")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="accuracy drop allowed, points (accuracy policy: default 0; others: guard, default 1)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--max-iterations", type=int, default=8)
+    p.add_argument("--step", type=float, default=0.15, help="λ: threshold increase per iteration")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-samples", type=int, default=3000, help="training images per fine-tune")
+    p.add_argument("--runs", type=int, default=None, help="counted runs per measurement (default: protocol)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from edgeprune.compress import CompressConfig, compress
+    from edgeprune.policies import AdaptiveConfig
+    from edgeprune.targets import load_target
+
+    target = load_target(args.profile or args.target)
+    cfg = CompressConfig(policy=args.policy, budget=args.budget, tolerance=args.tolerance,
+                         precision=args.precision, data=args.data, runs=args.runs,
+                         adaptive=AdaptiveConfig(max_iterations=args.max_iterations, seed=args.seed,
+                                                 step=args.step, finetune_epochs=args.finetune_epochs,
+                                                 finetune_samples=args.finetune_samples))
+    result = compress(args.model, target, cfg, args.out, resume=args.resume)
+    if args.json:
+        emit_json(result)
+    else:
+        print_summary(result, args.out)
+    return 0 if result["met"] else 1
+
+
+def print_summary(result: dict, out: str) -> None:
+    """Baseline against final, each latency with its provenance."""
+    from edgeprune.report import provenance
+
+    b, f = result["baseline"], result["final"]
+    verdict = "met" if result["met"] else "NOT met"
+    print(f"{result['policy']} budget {result['budget'] or '-'} on {result['target']}: {verdict} "
+          f"after {result['iterations']} candidates ({result['wall_seconds']} s)")
+    for name, s in (("baseline", b), ("final", f)):
+        m = s["measurement"]
+        print(f"  {name:<8} acc {s['accuracy']:.2f}%  params {s['params']:,}  MACs {s['macs']:,}  "
+              f"p50 {m['latency_ms']['p50']:.3f} ms  ({provenance(m)})")
+    for fmt, v in result["verifications"].items():
+        print(f"  verify {fmt} on {result['target']}: top-1 agreement {v['top1_agreement']:.4f} "
+              f"{'passed' if v['passed'] else 'FAILED'}")
+    log(f"report: {out}/report.html")

@@ -1,0 +1,258 @@
+"""`compress`: the main job. A trained CNN, a target and a budget in; verified artifacts that
+meet the budget ON THE TARGET out.
+
+    result = compress("r20.pt", "x86-ort", CompressConfig(policy="latency", budget="0.5x"), "out/")
+
+DIR receives model.pt, model.onnx, model.tflite, result.json, report.md, report.html,
+pareto.png, history.jsonl (one candidate per line), states/ (each candidate's checkpoint)
+and run.json (the settings, so `resume=True` can check it continues the same job).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from tqdm import tqdm
+
+from edgeprune._io import atomic_write_bytes
+from edgeprune.analysis import analyze
+from edgeprune.data import LabeledData, load_dataset
+from edgeprune.errors import BadInputError
+from edgeprune.models import Checkpoint, load_model, save_checkpoint
+from edgeprune.policies import AdaptiveConfig, make_policy, parse_budget, prune_by_threshold, search
+from edgeprune.policies.search import LoopState, Row
+from edgeprune.train import evaluate, finetune
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class CompressConfig:
+    """What `compress` should achieve and how hard it may try.
+
+    Args:
+        policy: latency, memory or accuracy.
+        budget: `12ms` / `0.5x` (latency), `2MB` / `peak:64MB` (memory); none for accuracy.
+        tolerance: accuracy drop allowed, in points (accuracy: 0; latency/memory guard: 1).
+        precision: of the artifacts measured and shipped (fp32, fp16, int8).
+        runs, threads: measurement settings (None: the target's protocol defaults).
+    """
+
+    policy: str
+    budget: Optional[str] = None
+    tolerance: Optional[float] = None
+    precision: str = "fp32"
+    data: str = "mnist"
+    runs: Optional[int] = None
+    threads: Optional[int] = None
+    first_guess: bool = True
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adaptive, dict):
+            self.adaptive = AdaptiveConfig(**self.adaptive)
+        if self.precision not in PRECISIONS:
+            raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.policy_obj = make_policy(self.policy, parse_budget(self.policy, self.budget), self.tolerance)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompressConfig":
+        return cls(**d)
+
+
+@dataclass
+class _Job:
+    """Everything one run works with; built once, shared by the helpers below."""
+
+    cfg: CompressConfig
+    target: Any
+    out: Path
+    ckpt: Checkpoint
+    train: LabeledData
+    val: LabeledData
+    test: LabeledData
+    calibration: List[Any]
+    progress: bool = True
+
+    @property
+    def fmt(self) -> str:
+        return "tflite" if self.target.runtime == "tflite" else "onnx"
+
+    def state_path(self, iteration: int) -> Path:
+        return self.out / "states" / f"iter-{iteration:03d}.pt"
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            tqdm.write(message, file=sys.stderr)
+
+
+def compress(model: Union[str, Path, Checkpoint], target: Any, cfg: CompressConfig,
+             out_dir: Union[str, Path], resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Run (or resume) the job; returns the result.json object. `met` says if the budget holds."""
+    from edgeprune.targets import load_target
+
+    start = time.time()
+    target = load_target(target) if isinstance(target, (str, Path)) else target
+    job = _make_job(model, target, cfg, Path(out_dir), resume, progress)
+    with target.session():
+        rows = _read_history(job) if resume else []
+        if not rows:
+            rows = [_baseline_row(job)]
+        policy = cfg.policy_obj
+        bar = tqdm(total=cfg.adaptive.max_iterations, initial=len(rows) - 1, desc="compress",
+                   file=sys.stderr, disable=not progress)
+        search(rows, policy, rows[0]["threshold"], rows[0]["step"], cfg.adaptive.max_iterations,
+               cfg.adaptive.max_resets, lambda loop: _candidate(job, rows, loop),
+               lambda row: (_append_history(job, row), job.log(_row_line(row)), bar.update(1)))
+        bar.close()
+        final = policy.select(rows, rows[0])
+        from edgeprune.report import finish_job
+        return finish_job(job, rows, final, time.time() - start)
+
+
+def _make_job(model, target, cfg: CompressConfig, out: Path, resume: bool, progress: bool) -> _Job:
+    _check_out_dir(out, cfg, target, resume)
+    ckpt = model if isinstance(model, Checkpoint) else load_model(model)
+    c, _, size = ckpt.input_shape
+    classes = ckpt.metadata.get("num_classes")
+    sets = [load_dataset(cfg.data, s, channels=c, size=size, num_classes=classes) for s in ("train", "val", "test")]
+    calib = list(sets[0].subset(cfg.adaptive.calibration_samples).loader(64))
+    return _Job(cfg, target, out, ckpt, *sets, calib, progress)
+
+
+def _check_out_dir(out: Path, cfg: CompressConfig, target, resume: bool) -> None:
+    run = {"config": cfg.to_dict(), "target": target.name}
+    run_file = out / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if not resume:
+            raise BadInputError(f"{out} already holds a compress run: pass --resume or choose another --out")
+        if previous != json.loads(json.dumps(run)):
+            raise BadInputError(f"{out} holds a run with other settings; --resume needs the same ones")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "states").mkdir(exist_ok=True)
+    atomic_write_bytes(run_file, (json.dumps(run, indent=2) + "\n").encode())
+
+
+def _read_history(job: _Job) -> List[Row]:
+    """Rows written so far; a torn last line (a run killed mid-write) is dropped."""
+    path = job.out / "history.jsonl"
+    rows: List[Row] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    rows = [r for r in rows if job.state_path(r["iteration"]).exists()]
+    if rows:
+        job.log(f"resuming after {len(rows) - 1} candidate(s) from {path}")
+    return rows
+
+
+def _append_history(job: _Job, row: Row) -> None:
+    with open(job.out / "history.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _baseline_row(job: _Job) -> Row:
+    job.log(f"baseline: measuring {job.ckpt.arch} on {job.target.name} ({job.fmt} {job.cfg.precision})")
+    model = job.ckpt.model
+    _save_state(job, 0, model)
+    threshold = _first_guess(job) if job.cfg.first_guess else 0.0
+    row = _measure_row(job, 0, model, parent=None, threshold=0.0)
+    row.update(step=job.cfg.adaptive.step, good=True, met_budget=False,
+               threshold=max(0.0, threshold - job.cfg.adaptive.step))
+    _append_history(job, row)
+    return row
+
+
+def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
+    """Prune the current state at T + λ, fine-tune, evaluate, export and measure it."""
+    iteration = len(rows)
+    threshold = loop.threshold + loop.step
+    parent = loop.state["iteration"]
+    model = _load_state(job, parent)
+    removed = prune_by_threshold(model, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
+    a = job.cfg.adaptive
+    finetune(model, job.train.subset(a.finetune_samples), a.finetune_epochs, a.finetune_lr,
+             seed=a.seed + iteration, progress=job.progress)
+    _save_state(job, iteration, model)
+    row = _measure_row(job, iteration, model, parent, threshold)
+    row.update(step=loop.step, removed_channels=removed)
+    return row
+
+
+def _measure_row(job: _Job, iteration: int, model, parent: Optional[int], threshold: float) -> Row:
+    """Accuracy on the validation split, static counts, and a MEASURED profile on the target."""
+    report = analyze(model, job.ckpt.input_shape, job.ckpt.arch)
+    artifact = job.out / "candidates" / f"iter-{iteration:03d}.{job.fmt}"
+    export_for(job, model, artifact)
+    m = job.target.measure(artifact, runs=job.cfg.runs, threads=job.cfg.threads)
+    return {
+        "iteration": iteration, "parent": parent, "threshold": threshold,
+        "accuracy": evaluate(model, job.val)["top1"], "params": report.params, "macs": report.macs,
+        "artifact": str(artifact.relative_to(job.out)), "artifact_bytes": artifact.stat().st_size,
+        "p50_ms": m.p50_ms, "peak_memory_mb": m.peak_memory_mb, "source": m.source,
+        "measurement": m.to_dict(), "time": time.time(),
+    }
+
+
+def export_for(job: _Job, model, artifact: Path, precision: Optional[str] = None) -> Path:
+    """Export `model` as the job's checkpoint kind, calibrating int8 on training images."""
+    from edgeprune.export import export_artifact
+
+    ckpt = Checkpoint(model.eval(), job.ckpt.arch, job.ckpt.arch_kwargs, {}, job.ckpt.metadata)
+    calib = job.train.subset(job.cfg.adaptive.calibration_samples)
+    return export_artifact(ckpt, artifact, precision=precision or job.cfg.precision, data=calib)
+
+
+def _first_guess(job: _Job) -> float:
+    """FLOPs proxy: the threshold whose pruned MACs (or params) match the budget ratio.
+
+    Only a starting point: every candidate is then judged by measurement on the target.
+    """
+    budget = job.cfg.policy_obj.budget
+    if budget.kind not in ("latency_ratio", "size_bytes"):
+        return 0.0
+    base = analyze(job.ckpt.model, job.ckpt.input_shape)
+    if budget.kind == "latency_ratio":
+        goal, key = budget.value * base.macs, "macs"
+    else:
+        goal, key = budget.value / max(base.model_bytes[job.cfg.precision], 1) * base.params, "params"
+    lo, hi = 0.0, 4.0
+    for _ in range(7):  # bisection on a scratch copy, no fine-tuning
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(job.ckpt.model)
+        prune_by_threshold(trial, mid, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
+        size = getattr(analyze(trial, job.ckpt.input_shape), key)
+        lo, hi = (lo, mid) if size <= goal else (mid, hi)
+    job.log(f"first guess (FLOPs proxy, not a measurement): threshold {hi:.3f} for {budget.text}")
+    return hi
+
+
+def _save_state(job: _Job, iteration: int, model) -> None:
+    save_checkpoint(job.state_path(iteration), model, job.ckpt.arch, job.ckpt.arch_kwargs, job.ckpt.metadata)
+
+
+def _load_state(job: _Job, iteration: int):
+    return load_model(job.state_path(iteration)).model
+
+
+def _row_line(row: Row) -> str:
+    flags = ("good" if row.get("good") else "") + (" met" if row.get("met_budget") else "")
+    return (f"  candidate {row['iteration']}: T={row['threshold']:.3f} acc {row['accuracy']:.2f}% "
+            f"params {row['params']:,} p50 {row['p50_ms']:.3f} ms [{row['source']}] {flags}")

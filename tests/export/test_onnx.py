@@ -1,0 +1,71 @@
+"""ONNX export of every zoo model (unpruned and 50% pruned) in fp32 and int8, plus fp16,
+dynamic and per-node overrides; precision is read from the artifact, never assumed."""
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from edgeprune.export import ExportConfig, artifact_precision, export, node_precisions, verify
+from edgeprune.export.onnx import module_of
+from tests.export.conftest import VARIANTS, variant_id
+
+CALIB = 32
+SAMPLES = 200
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_zoo_onnx_exports_and_verifies(zoo, mnist_test, export_dir, variant, precision):
+    ckpt = zoo.get(*variant)
+    out = export_dir / f"{variant_id(variant)}-{precision}.onnx"
+    export(ckpt, ExportConfig(precision=precision, calibration_samples=CALIB), out, data=mnist_test)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 1, 28, 28]
+    assert artifact_precision(out) == precision
+    if precision == "int8":
+        assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    result = verify(out, ckpt, mnist_test, samples=SAMPLES)
+    assert result.passed, result.to_dict()
+
+
+@pytest.mark.parametrize("precision, min_sqnr", [("fp16", 40.0), ("dynamic", 15.0)])
+def test_fp16_and_dynamic(zoo, mnist_test, tmp_path, precision, min_sqnr):
+    ckpt = zoo.get("resnet20")
+    out = export(ckpt, ExportConfig(precision=precision), tmp_path / "m.onnx")
+    assert artifact_precision(out) == precision
+    result = verify(out, ckpt, mnist_test, samples=SAMPLES)
+    assert result.passed and result.sqnr_db > min_sqnr, result.to_dict()
+
+
+def test_node_override_keeps_named_modules_in_float(zoo, mnist_test, tmp_path):
+    ckpt = zoo.get("resnet20")
+    cfg = ExportConfig(precision="int8", calibration_samples=CALIB,
+                       node_precision={"stem.0": "fp32", "fc": "fp32"})
+    out = export(ckpt, cfg, tmp_path / "mixed.onnx", data=mnist_test)
+    per_node = {module_of(k): v for k, v in node_precisions(out).items()}
+    assert per_node["stem.0"] == "fp32" and per_node["fc"] == "fp32"
+    assert per_node["layers.0.0.conv1"] == "int8"
+    assert artifact_precision(out) == "mixed"
+    assert verify(out, ckpt, mnist_test, samples=SAMPLES).passed
+
+
+def test_int8_is_at_most_35_percent_of_fp32(zoo, mnist_test, tmp_path):
+    ckpt = zoo.get("resnet20", pruned=True)
+    fp32 = export(ckpt, ExportConfig(), tmp_path / "fp32.onnx")
+    int8 = export(ckpt, ExportConfig(precision="int8", calibration_samples=CALIB), tmp_path / "int8.onnx",
+                  data=mnist_test)
+    assert int8.stat().st_size <= 0.35 * fp32.stat().st_size
+
+
+@pytest.mark.parametrize("name, module", [
+    ("/features/features.1/block/block.0/block.0.0/Conv", "features.1.block.0.0"),
+    ("/layers/layers.0/layers.0.0/conv1/Conv", "layers.0.0.conv1"),
+    ("/fc/Gemm", "fc"),
+    ("Conv_3", None),
+])
+def test_module_of(name, module):
+    assert module_of(name) == module

@@ -1,0 +1,84 @@
+"""Budgets parse and judge only measured rows; the search loop rolls back and halves its step."""
+import pytest
+
+from edgeprune.errors import BadInputError
+from edgeprune.policies import make_policy, parse_budget, search
+from edgeprune.policies.search import replay
+
+
+@pytest.mark.parametrize("policy, text, kind, value", [
+    ("latency", "12ms", "latency_ms", 12.0), ("latency", "0.5x", "latency_ratio", 0.5),
+    ("memory", "2MB", "size_bytes", 2e6), ("memory", "peak:64MB", "peak_mb", 64.0),
+    ("memory", "512KiB", "size_bytes", 512 * 1024),
+])
+def test_parse_budget(policy, text, kind, value):
+    b = parse_budget(policy, text)
+    assert (b.kind, b.value) == (kind, value)
+
+
+@pytest.mark.parametrize("policy, text, message", [
+    ("latency", "fast", "bad latency budget"), ("latency", "2x", "below 1x"),
+    ("memory", "2 apples", "bad memory budget"), ("latency", None, "needs --budget"),
+    ("accuracy", "1MB", "takes --tolerance"),
+])
+def test_bad_budgets(policy, text, message):
+    with pytest.raises(BadInputError, match=message):
+        parse_budget(policy, text)
+
+
+def row(i, acc, p50, source="emulated", params=100):
+    return {"iteration": i, "accuracy": acc, "p50_ms": p50, "source": source, "params": params,
+            "macs": params, "threshold": 0.0, "artifact_bytes": params, "peak_memory_mb": 10.0}
+
+
+def test_budget_is_met_only_by_a_measurement():
+    b = parse_budget("latency", "0.5x")
+    base = row(0, 99.0, 10.0)
+    assert b.is_met(row(1, 99, 4.9), base)
+    assert not b.is_met(row(1, 99, 5.1), base)
+    assert not b.is_met(row(1, 99, 1.0, source="proxy"), base)  # a FLOPs proxy never meets a budget
+    assert not b.is_met(row(1, 99, 1.0, source="predicted"), base)
+
+
+def fake_candidates(results):
+    """A try_candidate that returns scripted (accuracy, p50) rows in order, recording T and λ."""
+    calls = []
+
+    def try_candidate(loop):
+        acc, p50 = results[len(calls)]
+        calls.append((round(loop.threshold + loop.step, 4), loop.step, loop.state["iteration"]))
+        r = row(len(calls), acc, p50, params=100 - 10 * len(calls))
+        r["threshold"] = loop.threshold + loop.step
+        return r
+
+    return try_candidate, calls
+
+
+def test_latency_loop_rolls_back_and_halves_then_stops_when_met():
+    policy = make_policy("latency", parse_budget("latency", "0.5x"), None)  # guard 1 point
+    baseline = {**row(0, 99.0, 10.0), "good": True}
+    # 1: good, not yet fast; 2: too inaccurate -> roll back to 1, halve; 3: good and fast -> stop
+    try_candidate, calls = fake_candidates([(98.8, 8.0), (96.0, 4.0), (98.5, 4.8), (99, 1)])
+    rows = search([baseline], policy, 0.0, 0.2, 8, 3, try_candidate)
+    assert [c[0] for c in calls] == [0.2, 0.4, 0.3]
+    assert [c[2] for c in calls] == [0, 1, 1]  # the third candidate starts from the last good state
+    assert [r["good"] for r in rows[1:]] == [True, False, True]
+    assert policy.select(rows, baseline)["iteration"] == 3
+
+
+def test_accuracy_policy_takes_the_smallest_candidate_within_tolerance():
+    policy = make_policy("accuracy", parse_budget("accuracy", None), 0.0)
+    baseline = {**row(0, 99.0, 10.0), "good": True}
+    try_candidate, calls = fake_candidates([(99.1, 9), (99.0, 8), (98.0, 7), (99.2, 7.5), (97, 6), (96, 6)])
+    rows = search([baseline], policy, 0.0, 0.2, 8, 2, try_candidate)
+    assert len(calls) == 6  # stops after more than 2 resets
+    assert policy.select(rows, baseline)["iteration"] == 4
+
+
+def test_replay_rebuilds_the_loop_exactly():
+    policy = make_policy("latency", parse_budget("latency", "0.5x"), None)
+    baseline = {**row(0, 99.0, 10.0), "good": True}
+    try_candidate, _ = fake_candidates([(98.8, 8.0), (96.0, 4.0), (98.5, 6.0), (98.6, 4.0)])
+    rows = search([baseline], policy, 0.0, 0.2, 8, 3, try_candidate)
+    loop = replay(rows[:3], 0.0, 0.2, policy)
+    assert (loop.state["iteration"], loop.step, loop.resets) == (1, 0.1, 1)

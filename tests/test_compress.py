@@ -1,0 +1,91 @@
+"""`compress` end to end on the local x86-ort target (real agent, real onnxruntime):
+artifacts and reports, measured provenance, and an interrupted run resumed to the same result."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+FAST = ["--max-iterations", "3", "--finetune-samples", "400", "--runs", "20", "--step", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("compress") / "r20.pt"
+    out = run_cli("train", "--arch", "resnet20", "--width", "8", "--epochs", "2", "--train-samples", "2000",
+                  "--batch-size", "32", "--out", str(path))
+    assert out.returncode == 0, out.stderr
+    return path
+
+
+def compress_args(model, out, policy="accuracy", extra=()):
+    args = ["compress", str(model), "--target", "x86-ort", "--policy", policy, "--data", "mnist",
+            "--out", str(out), *FAST, *extra]
+    if policy == "accuracy":
+        args += ["--tolerance", "2"]
+    return args
+
+
+def test_compress_latency_writes_measured_result(small_model, tmp_path):
+    out = tmp_path / "lat"
+    res = run_cli(*compress_args(small_model, out, "latency", ["--budget", "0.9x", "--json"]))
+    assert res.returncode in (0, 1), res.stderr
+    result = json.loads(res.stdout)
+    assert (res.returncode == 0) == result["met"]
+    for name in ("model.pt", "model.onnx", "model.tflite", "result.json", "report.html", "report.md",
+                 "pareto.png", "history.jsonl"):
+        assert (out / name).exists(), name
+    base, final = result["baseline"]["measurement"], result["final"]["measurement"]
+    assert base["source"] == final["source"] == "device"  # x86-ort is this very machine
+    assert final["runtime"]["name"] == "onnxruntime" and final["runs"] >= 20
+    if result["met"]:
+        assert final["latency_ms"]["p50"] <= 0.9 * base["latency_ms"]["p50"]
+    assert result["verification"]["passed"] and result["verification"]["target"] == "x86-ort"
+    report = (out / "report.md").read_text()
+    assert "onnxruntime" in report and "Channels per layer" in report and "device" in report
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert len(lines) == result["iterations"] + 1
+
+
+def test_existing_out_dir_needs_resume(small_model, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    res = run_cli(*compress_args(small_model, out))
+    assert res.returncode == 2 and "--resume" in res.stderr
+
+
+def test_killed_run_resumes_to_the_same_result(small_model, tmp_path):
+    whole = tmp_path / "whole"
+    res = run_cli(*compress_args(small_model, whole, extra=["--json"]))
+    assert res.returncode in (0, 1), res.stderr
+    expected = json.loads(res.stdout)
+
+    cut = tmp_path / "cut"
+    exe = Path(sys.executable).with_name("edgeprune")
+    proc = subprocess.Popen([str(exe), *compress_args(small_model, cut)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    history = cut / "history.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "result.json").exists()
+
+    res = run_cli(*compress_args(small_model, cut, extra=["--resume", "--json"]))
+    assert res.returncode in (0, 1), res.stderr
+    resumed = json.loads(res.stdout)
+    for key in ("iterations", "final_iteration", "met"):
+        assert resumed[key] == expected[key]
+    for key in ("accuracy", "val_accuracy", "params", "macs"):
+        assert resumed["final"][key] == expected["final"][key]
