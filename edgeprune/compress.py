@@ -28,7 +28,7 @@ from edgeprune.errors import BadInputError
 from edgeprune.models import Checkpoint, load_model, save_checkpoint
 from edgeprune.policies import AdaptiveConfig, make_policy, parse_budget, prune_by_threshold, search
 from edgeprune.policies.search import LoopState, Row
-from edgeprune.train import evaluate, finetune
+from edgeprune.train import evaluate, finetune, recalibrate_bn
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -172,10 +172,11 @@ def _baseline_row(job: _Job) -> Row:
     job.log(f"baseline: measuring {job.ckpt.arch} on {job.target.name} ({job.fmt} {job.cfg.precision})")
     model = job.ckpt.model
     _save_state(job, 0, model)
-    threshold = _first_guess(job) if job.cfg.first_guess else 0.0
+    guess = _first_guess(job) if job.cfg.first_guess else 0.0
+    step = max(job.cfg.adaptive.step, guess / 2)  # a proxy that asks for deep pruning takes big steps
     row = _measure_row(job, 0, model, parent=None, threshold=0.0)
-    row.update(step=job.cfg.adaptive.step, good=True, met_budget=False,
-               threshold=max(0.0, threshold - job.cfg.adaptive.step))
+    # the first candidate lands on the guess: T0 + λ = guess
+    row.update(step=step, good=True, met_budget=False, threshold=max(0.0, guess - step))
     _append_history(job, row)
     return row
 
@@ -187,6 +188,7 @@ def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
     parent = loop.state["iteration"]
     model = _load_state(job, parent)
     removed = prune_by_threshold(model, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
+    recalibrate_bn(model, job.train)
     a = job.cfg.adaptive
     finetune(model, job.train.subset(a.finetune_samples), a.finetune_epochs, a.finetune_lr,
              seed=a.seed + iteration, progress=job.progress)

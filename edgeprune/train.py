@@ -89,6 +89,24 @@ def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str) -> float:
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: LabeledData, samples: int = 1024, batch_size: int = 128) -> None:
+    """Re-estimate BatchNorm statistics after surgery changed what each layer sees."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batches below
+    model.train()
+    for x, _ in data.subset(samples).loader(batch_size):
+        model(x)
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+    model.eval()
+
+
 def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
     """Translate each image by up to `pixels` in x and y (zero fill)."""
     if pixels <= 0:

@@ -53,6 +53,17 @@ def test_compress_latency_writes_measured_result(small_model, tmp_path):
     assert len(lines) == result["iterations"] + 1
 
 
+def test_compress_memory_size_budget(small_model, tmp_path):
+    out = tmp_path / "mem"
+    res = run_cli(*compress_args(small_model, out, "memory", ["--budget", "150KB", "--json"]))
+    assert res.returncode in (0, 1), res.stderr
+    result = json.loads(res.stdout)
+    assert result["policy"] == "memory" and (res.returncode == 0) == result["met"]
+    if result["met"]:
+        assert result["final"]["model_bytes"] <= 150_000
+    assert result["baseline"]["model_bytes"] > 150_000  # the budget forced pruning
+
+
 def test_existing_out_dir_needs_resume(small_model, tmp_path):
     out = tmp_path / "o"
     out.mkdir()

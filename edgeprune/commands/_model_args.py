@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from edgeprune.data import LabeledData, load_dataset
-from edgeprune.models import Checkpoint, load_model
 
 
 def add_model_args(p, data_help: str = "data set: mnist, a .npz file or an image folder") -> None:
@@ -13,12 +11,16 @@ def add_model_args(p, data_help: str = "data set: mnist, a .npz file or an image
     p.add_argument("--data", default=None, help=data_help + " (default: the checkpoint's)")
 
 
-def load_cli_model(args) -> Checkpoint:
+def load_cli_model(args):
+    from edgeprune.models import load_model
+
     return load_model(args.model, weights=getattr(args, "weights", None))
 
 
-def data_for(ckpt: Checkpoint, source: Optional[str], split: str) -> LabeledData:
+def data_for(ckpt, source: Optional[str], split: str):
     """The data set for a model, converted to the model's channels and input size."""
+    from edgeprune.data import load_dataset
+
     c, _, size = ckpt.input_shape
     source = source or ckpt.metadata.get("dataset") or "mnist"
     return load_dataset(source, split, channels=c, size=size,

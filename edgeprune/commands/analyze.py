@@ -1,9 +1,7 @@
 """`edgeprune analyze`: params, MACs, bytes, activation memory and the per-layer table."""
 from __future__ import annotations
 
-from edgeprune.analysis import analyze
 from edgeprune.commands._common import emit_json
-from edgeprune.commands._model_args import load_cli_model
 
 
 def register(sub) -> None:
@@ -15,6 +13,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgeprune.analysis import analyze
+    from edgeprune.commands._model_args import load_cli_model
+
     ckpt = load_cli_model(args)
     report = analyze(ckpt.model, ckpt.input_shape, ckpt.arch)
     if args.json:

@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--max-iterations", type=int, default=8)
     p.add_argument("--step", type=float, default=0.15, help="λ: threshold increase per iteration")
     p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--finetune-samples", type=int, default=3000, help="training images per fine-tune")
+    p.add_argument("--finetune-samples", type=int, default=8000, help="training images per fine-tune")
     p.add_argument("--runs", type=int, default=None, help="counted runs per measurement (default: protocol)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")

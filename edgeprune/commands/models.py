@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from edgeprune.commands._common import emit_json
-from edgeprune.models import list_models, model_family
 
 
 def register(sub) -> None:
@@ -12,6 +11,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgeprune.models import list_models, model_family
+
     models = [{"name": n, "family": model_family(n)} for n in list_models()]
     if args.json:
         emit_json({"models": models})

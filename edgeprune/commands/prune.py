@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 from edgeprune.commands._common import emit_json, log
-from edgeprune.commands._model_args import add_model_args, data_for, load_cli_model
-from edgeprune.models import save_checkpoint
-from edgeprune.pruning import PruneConfig, create_importance, list_importances, load_spec, prune
-from edgeprune.train import evaluate, finetune
+from edgeprune.commands._model_args import add_model_args
 
 
 def register(sub) -> None:
@@ -14,7 +11,7 @@ def register(sub) -> None:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=float, help="fraction of channels removed from each prunable layer")
     how.add_argument("--spec", help="channel spec JSON: {layer: channels}")
-    p.add_argument("--importance", default="l1", choices=list_importances())
+    p.add_argument("--importance", default="l1", help="l1, l2, bn_scale, taylor or activation")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of this")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--calibration-samples", type=int, default=256)
@@ -25,6 +22,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgeprune.commands._model_args import data_for, load_cli_model
+    from edgeprune.models import save_checkpoint
+    from edgeprune.pruning import PruneConfig, create_importance, load_spec, prune
+    from edgeprune.train import evaluate, finetune
+
     ckpt = load_cli_model(args)
     spec = load_spec(args.spec) if args.spec else None
     cfg = PruneConfig(ratio=args.ratio, spec=spec, importance=args.importance, round_to=args.round_to)

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 from edgeprune.commands._common import emit_json, log
-from edgeprune.data import load_dataset
-from edgeprune.models import create_model, save_checkpoint
-from edgeprune.train import TrainConfig, evaluate, train
 
 
 def register(sub) -> None:
@@ -26,6 +23,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from edgeprune.data import load_dataset
+    from edgeprune.models import create_model, save_checkpoint
+    from edgeprune.train import TrainConfig, evaluate, train
+
     train_set = load_dataset(args.data, "train", channels=args.channels, size=args.size)
     if args.train_samples:
         train_set = train_set.subset(args.train_samples)

@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgeprune._optional import require
 from edgeprune.errors import BadInputError
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -103,7 +102,9 @@ class TFLiteRunner(Runner):
     layout_preference = ("NHWC", "NCHW")
 
     def __init__(self, path: Path, threads: int = 1):
-        interpreter_mod = require("ai_edge_litert.interpreter")
+        from edgeprune.export.tflite import require_quiet
+
+        interpreter_mod = require_quiet("ai_edge_litert.interpreter")
         try:
             self._it = interpreter_mod.Interpreter(model_path=str(path), num_threads=threads)
             self._it.allocate_tensors()

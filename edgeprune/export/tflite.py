@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
@@ -30,11 +31,27 @@ WEIGHTED_TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANS
 _SAMPLE_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
+def require_quiet(module: str) -> ModuleType:
+    """Import a TensorFlow / LiteRT module with their start-up log lines kept off the terminal.
+
+    TF_CPP_MIN_LOG_LEVEL is read when the C++ libraries load, so it is set here, at first use,
+    never at `import edgeprune`; a value the user chose is kept.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    mod = require(module)
+    if module == "tensorflow":
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+        mod.get_logger().setLevel(logging.ERROR)
+    return mod
+
+
 def onnx_to_saved_model(onnx_path: Path, out_dir: Path, samples_nhwc: np.ndarray) -> Path:
     """Convert an fp32 ONNX file to an NHWC SavedModel with onnx2tf, offline."""
-    onnx2tf = require("onnx2tf")
-    tf = require("tensorflow")
-    module = require("onnx2tf.onnx2tf")
+    tf = require_quiet("tensorflow")
+    onnx2tf = require_quiet("onnx2tf")
+    module = require_quiet("onnx2tf.onnx2tf")
     saved = out_dir / "saved_model"
     patched = lambda: samples_nhwc.astype(np.float32)  # noqa: E731  (no network, our data)
     original = module.download_test_image_data
@@ -58,7 +75,7 @@ def saved_model_to_tflite(saved: Path, precision: str, samples_nhwc: Optional[np
                           per_channel: bool = True, int8_io: bool = True,
                           keep_float: Iterable[str] = ()) -> bytes:
     """TFLite flatbuffer bytes of a SavedModel at fp32, fp16, dynamic or int8."""
-    tf = require("tensorflow")
+    tf = require_quiet("tensorflow")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     converter._experimental_disable_per_channel = not per_channel
     if precision == "fp16":
@@ -129,7 +146,7 @@ def tflite_nodes_for(onnx_model: onnx.ModelProto, fp32_tflite: bytes, names: Ite
 
 def weighted_ops(tflite: bytes) -> List[tuple]:
     """(output tensor name, weight array) of each conv / fully-connected op in a float model."""
-    interp = require("ai_edge_litert.interpreter").Interpreter(model_content=tflite)
+    interp = require_quiet("ai_edge_litert.interpreter").Interpreter(model_content=tflite)
     details = {t["index"]: t for t in interp.get_tensor_details()}
     result = []
     for op in interp._get_ops_details():
@@ -178,7 +195,7 @@ def tflite_precision(path: Path) -> str:
 
 
 def _interpreter(path: Path):
-    interpreter_mod = require("ai_edge_litert.interpreter")
+    interpreter_mod = require_quiet("ai_edge_litert.interpreter")
     try:
         return interpreter_mod.Interpreter(model_path=str(path))
     except Exception as exc:

@@ -43,8 +43,8 @@ class AdaptiveConfig:
     min_channels: int = 2
     round_to: int = 1
     finetune_epochs: int = 1
-    finetune_samples: int = 3000
-    finetune_lr: float = 0.01
+    finetune_samples: int = 8000
+    finetune_lr: float = 0.02
     calibration_samples: int = 256
     seed: int = 0
     version: int = 1
