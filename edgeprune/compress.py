@@ -59,6 +59,9 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if isinstance(self.adaptive, dict):
             self.adaptive = AdaptiveConfig(**self.adaptive)
+        if self.policy == "latency" and self.adaptive.scale_by == "params":
+            # latency follows MACs, not parameters: high-resolution early layers must count
+            self.adaptive = AdaptiveConfig(**{**self.adaptive.to_dict(), "scale_by": "macs"})
         if self.precision not in PRECISIONS:
             raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.policy_obj = make_policy(self.policy, parse_budget(self.policy, self.budget), self.tolerance)

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Dict
 
 from edgeprune.errors import BadInputError
-from edgeprune.export._export import export, export_artifact
+from edgeprune.export._export import export, export_artifact, export_many
 from edgeprune.export.config import FORMATS, PRECISIONS, ExportConfig
 from edgeprune.export.runtime import Runner, load_runner
 from edgeprune.export.verify import DEFAULT_TOP1_AGREEMENT, VerifyResult, sqnr_db, verify
 
 __all__ = [
-    "ExportConfig", "FORMATS", "PRECISIONS", "export", "export_artifact", "verify", "VerifyResult",
+    "ExportConfig", "FORMATS", "PRECISIONS", "export", "export_many", "export_artifact", "verify", "VerifyResult",
     "DEFAULT_TOP1_AGREEMENT", "sqnr_db", "artifact_precision", "node_precisions", "load_runner",
     "Runner",
 ]

@@ -1,9 +1,9 @@
-"""The export verb: model or checkpoint + ExportConfig -> one artifact file, written atomically."""
+"""The export verb: model or checkpoint + ExportConfig -> artifact files, each written atomically."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,17 +22,30 @@ def export(model_or_checkpoint: Any, cfg: ExportConfig, out: str | Path, data: A
     `data` (a data set name or path, LabeledData, or NCHW arrays) calibrates int8; when None
     the checkpoint's own data set is used. Nothing is left at `out` if anything fails.
     """
-    out = Path(out)
-    src = resolve_model(model_or_checkpoint, cfg.input_shape, weights)
-    calibration = _calibration(src, cfg, data)
-    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="edgeprune-export-") as work:
-        fp32 = Path(work) / "model.onnx"
-        onnx_export.torch_to_onnx(src.model, src.input_shape, fp32, cfg.opset, cfg.batch_size, cfg.exporter)
-        if cfg.format == "onnx":
-            _finish_onnx(fp32, tmp, cfg, calibration)
-        else:
-            _finish_tflite(fp32, Path(work), tmp, cfg, calibration, src)
-    return out
+    return export_many(model_or_checkpoint, {out: cfg}, data=data, weights=weights)[0]
+
+
+def export_many(model_or_checkpoint: Any, jobs: Mapping[str | Path, ExportConfig], data: Any = None,
+                weights: Optional[str] = None) -> List[Path]:
+    """Export one model to several artifacts ({out: config}), converting it to ONNX and, for
+    TFLite, to a SavedModel once for all of them. Returns the paths in the order given.
+
+    Calibration data is checked before any file is written; each artifact is written atomically.
+    """
+    todo = [(Path(out), cfg) for out, cfg in jobs.items()]
+    if not todo:
+        raise BadInputError("nothing to export: pass at least one {out: ExportConfig}")
+    shapes = {cfg.input_shape for _, cfg in todo}
+    if len(shapes) > 1:
+        raise BadInputError("export_many needs the same input_shape in every config")
+    src = resolve_model(model_or_checkpoint, shapes.pop(), weights)
+    calibration = _calibration(src, [cfg for _, cfg in todo], data)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as work:
+        stages = _Stages(src, Path(work), calibration)
+        for out, cfg in todo:
+            with atomic_path(out) as tmp:
+                _write(stages, cfg, tmp)
+    return [out for out, _ in todo]
 
 
 def export_artifact(model_or_checkpoint: Any, out: str | Path, precision: str = "fp32",
@@ -42,14 +55,54 @@ def export_artifact(model_or_checkpoint: Any, out: str | Path, precision: str = 
     return export(model_or_checkpoint, cfg, out, data=data)
 
 
-def _calibration(src: Source, cfg: ExportConfig, data: Any) -> Optional[np.ndarray]:
-    """NCHW calibration samples for int8; None when the precision needs none."""
-    if cfg.precision != "int8":
+def _calibration(src: Source, cfgs: Sequence[ExportConfig], data: Any) -> Optional[np.ndarray]:
+    """NCHW calibration samples for the int8 configs (as many as the largest asks); None if none."""
+    wanted = [cfg.calibration_samples for cfg in cfgs if cfg.precision == "int8"]
+    if not wanted:
         return None
     data = data if data is not None else src.dataset
     if data is None:
         raise BadInputError("int8 export needs calibration data: pass --data (e.g. mnist)")
-    return resolve_data(data, src.input_shape, limit=cfg.calibration_samples).x
+    return resolve_data(data, src.input_shape, limit=max(wanted)).x
+
+
+class _Stages:
+    """The intermediate fp32 ONNX files and SavedModels of one export_many call, made once."""
+
+    def __init__(self, src: Source, work: Path, calibration: Optional[np.ndarray]):
+        self.src, self.work = src, work
+        self.calibration = calibration
+        self._onnx: Dict[Tuple, Path] = {}
+        self._saved: Dict[Path, Path] = {}
+
+    def samples(self, cfg: ExportConfig) -> Optional[np.ndarray]:
+        if cfg.precision != "int8" or self.calibration is None:
+            return None
+        return self.calibration[:cfg.calibration_samples]
+
+    def onnx(self, cfg: ExportConfig) -> Path:
+        key = (cfg.opset, cfg.batch_size, cfg.exporter)
+        if key not in self._onnx:
+            path = self.work / f"fp32-{len(self._onnx)}.onnx"
+            onnx_export.torch_to_onnx(self.src.model, self.src.input_shape, path, *key)
+            self._onnx[key] = path
+        return self._onnx[key]
+
+    def saved_model(self, cfg: ExportConfig) -> Path:
+        fp32 = self.onnx(cfg)
+        if fp32 not in self._saved:
+            out_dir = self.work / f"tf-{len(self._saved)}"
+            out_dir.mkdir()
+            samples = self.calibration if self.calibration is not None else _placeholder(self.src)
+            self._saved[fp32] = tflite_export.onnx_to_saved_model(fp32, out_dir, tflite_export.nhwc(samples))
+        return self._saved[fp32]
+
+
+def _write(stages: _Stages, cfg: ExportConfig, dst: Path) -> None:
+    if cfg.format == "onnx":
+        _finish_onnx(stages.onnx(cfg), dst, cfg, stages.samples(cfg))
+    else:
+        _finish_tflite(stages, dst, cfg)
 
 
 def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional[np.ndarray]) -> None:
@@ -60,21 +113,23 @@ def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional
     elif cfg.precision == "dynamic":
         onnx_export.quantize_dynamic(fp32, dst, cfg.per_channel)
     else:
-        keep = [name for name, prec in cfg.node_precision.items() if prec == "fp32"]
-        onnx_export.quantize_int8(fp32, dst, calibration, cfg.per_channel, keep)
+        onnx_export.quantize_int8(fp32, dst, calibration, cfg.per_channel, _kept_in_float(cfg))
 
 
-def _finish_tflite(fp32: Path, work: Path, dst: Path, cfg: ExportConfig,
-                   calibration: Optional[np.ndarray], src: Source) -> None:
-    samples = calibration if calibration is not None else _placeholder(src)
-    samples_nhwc = tflite_export.nhwc(samples)
-    saved = tflite_export.onnx_to_saved_model(fp32, work, samples_nhwc)
-    keep = [name for name, prec in cfg.node_precision.items() if prec == "fp32"]
+def _finish_tflite(stages: _Stages, dst: Path, cfg: ExportConfig) -> None:
+    saved = stages.saved_model(cfg)
+    samples = stages.samples(cfg)
+    samples_nhwc = None if samples is None else tflite_export.nhwc(samples)
+    keep = _kept_in_float(cfg)
     if keep:
         float_model = tflite_export.saved_model_to_tflite(saved, "fp32")
-        keep = tflite_export.tflite_nodes_for(onnx_export.check_onnx(fp32), float_model, keep)
+        keep = tflite_export.tflite_nodes_for(onnx_export.check_onnx(stages.onnx(cfg)), float_model, keep)
     dst.write_bytes(tflite_export.saved_model_to_tflite(
         saved, cfg.precision, samples_nhwc, cfg.per_channel, cfg.int8_io, keep))
+
+
+def _kept_in_float(cfg: ExportConfig) -> List[str]:
+    return [name for name, prec in cfg.node_precision.items() if prec == "fp32"]
 
 
 def _placeholder(src: Source) -> np.ndarray:

@@ -102,12 +102,13 @@ class TFLiteRunner(Runner):
     layout_preference = ("NHWC", "NCHW")
 
     def __init__(self, path: Path, threads: int = 1):
-        from edgeprune.export.tflite import require_quiet
+        from edgeprune.export.tflite import quiet_native, require_quiet
 
         interpreter_mod = require_quiet("ai_edge_litert.interpreter")
         try:
-            self._it = interpreter_mod.Interpreter(model_path=str(path), num_threads=threads)
-            self._it.allocate_tensors()
+            with quiet_native():  # LiteRT announces its XNNPACK delegate on stderr
+                self._it = interpreter_mod.Interpreter(model_path=str(path), num_threads=threads)
+                self._it.allocate_tensors()
         except Exception as exc:
             raise BadInputError(f"LiteRT cannot load {Path(path).name}: {_first_line(exc)}") from None
         self._in = self._it.get_input_details()[0]

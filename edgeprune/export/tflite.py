@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -32,19 +33,45 @@ _SAMPLE_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
 def require_quiet(module: str) -> ModuleType:
-    """Import a TensorFlow / LiteRT module with their start-up log lines kept off the terminal.
+    """Import a TensorFlow / LiteRT module with its start-up log lines kept off the terminal.
 
-    TF_CPP_MIN_LOG_LEVEL is read when the C++ libraries load, so it is set here, at first use,
-    never at `import edgeprune`; a value the user chose is kept.
+    Set at first use, never at `import edgeprune`; a TF_CPP_MIN_LOG_LEVEL the user chose is kept.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    mod = require(module)
+    with quiet_native():
+        mod = require(module)
     if module == "tensorflow":
         import absl.logging
 
         absl.logging.set_verbosity(absl.logging.ERROR)
         mod.get_logger().setLevel(logging.ERROR)
     return mod
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Send what native code writes to file descriptors 1 and 2 to /dev/null for the block.
+
+    TensorFlow's absl logging prints start-up and converter lines to stderr whatever
+    TF_CPP_MIN_LOG_LEVEL says, and LiteRT announces its delegate there; stdout must stay clean
+    for --json. Errors still reach the caller as Python exceptions.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def onnx_to_saved_model(onnx_path: Path, out_dir: Path, samples_nhwc: np.ndarray) -> Path:
@@ -204,9 +231,9 @@ def _interpreter(path: Path):
 
 @contextlib.contextmanager
 def _quiet(tf) -> Iterator[None]:
-    """Keep onnx2tf / TF chatter off stdout so --json output stays one object."""
+    """Keep onnx2tf / TF chatter (Python and native) off the terminal."""
     tf.get_logger().setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_native():
         yield
 
 

@@ -10,7 +10,7 @@ policies/search.py.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch_pruning as tp
@@ -33,6 +33,8 @@ class AdaptiveConfig:
         max_layer_fraction: no group loses more than this fraction of its channels at once.
         min_channels: no group goes below this many channels (and round_to).
         finetune_epochs, finetune_samples, finetune_lr: recovery training per candidate.
+        scale_by: a group's share of "params" (the paper; memory) or of "macs" (latency)
+            scales its threshold.
     """
 
     p: float = 2.0
@@ -46,12 +48,15 @@ class AdaptiveConfig:
     finetune_samples: int = 8000
     finetune_lr: float = 0.02
     calibration_samples: int = 256
+    scale_by: str = "params"
     seed: int = 0
     version: int = 1
 
     def __post_init__(self) -> None:
         if self.step <= 0 or self.max_resets < 0 or self.max_iterations < 1:
             raise BadInputError("adaptive settings need step > 0, max_resets >= 0, max_iterations >= 1")
+        if self.scale_by not in ("params", "macs"):
+            raise BadInputError(f"scale_by must be params or macs, got {self.scale_by!r}")
         if not 0 < self.max_layer_fraction < 1:
             raise BadInputError(f"max_layer_fraction must be in (0, 1), got {self.max_layer_fraction}")
 
@@ -74,13 +79,14 @@ def plan_threshold(model: nn.Module, threshold: float, example_inputs: torch.Ten
     criterion = ActivationAttention(cfg.p)
     criterion.prepare(model, calibration)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    groups = list(_root_groups(graph, model))
-    total = sum(params for *_, params in groups) or 1
+    cost = _layer_costs(model, example_inputs, cfg.scale_by)
+    groups = list(_root_groups(graph, model, cost))
+    total = sum(share for *_, share in groups) or 1
     plans = []
-    for name, module, fn, group, params in groups:
+    for name, module, fn, group, share in groups:
         scores = criterion(group)
         normalized = scores / scores.mean().clamp_min(1e-12)
-        scaled = threshold * len(groups) * params / total
+        scaled = threshold * len(groups) * share / total
         plans.append(GroupPlan(name, len(scores), _drop(normalized, scaled, cfg)))
     return graph, plans
 
@@ -104,8 +110,19 @@ def prune_by_threshold(model: nn.Module, threshold: float, example_inputs: torch
     return removed
 
 
-def _root_groups(graph: tp.DependencyGraph, model: nn.Module):
-    """One (name, module, fn, full group, group params) per set of coupled prunable layers."""
+def _layer_costs(model: nn.Module, example_inputs: torch.Tensor, scale_by: str) -> Dict[nn.Module, float]:
+    """Parameters or MACs of every conv and linear layer."""
+    if scale_by == "params":
+        return {m: float(m.weight.numel()) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    from edgeprune.analysis import analyze
+
+    modules = dict(model.named_modules())
+    report = analyze(model, tuple(example_inputs.shape[1:]))
+    return {modules[layer.name]: float(layer.macs) for layer in report.layers}
+
+
+def _root_groups(graph: tp.DependencyGraph, model: nn.Module, cost: Dict[nn.Module, float]):
+    """One (name, module, fn, full group, group cost) per set of coupled prunable layers."""
     covered = set()
     for name, module in prunable_layers(model):
         if module in covered:
@@ -120,7 +137,7 @@ def _root_groups(graph: tp.DependencyGraph, model: nn.Module):
             if isinstance(layer, (nn.Conv2d, nn.Linear)) and item.dep.pruning_fn in (
                     tp.prune_conv_out_channels, tp.prune_linear_out_channels):
                 covered.add(layer)
-                params += layer.weight.numel()
+                params += cost.get(layer, 0.0)
         yield name, module, fn, group, params
 
 

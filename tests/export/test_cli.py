@@ -1,14 +1,17 @@
-"""The export and verify verbs through the real console script: JSON, exit codes, no partial files."""
+"""The export and verify verbs through the real console script: JSON, exit codes, no partial
+files, and the done-when sequence with networking unavailable (`unshare -n`)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from edgeprune.models import save_checkpoint
+from tests.export.conftest import offline_prefix
+
+EXE = str(Path(sys.executable).with_name("edgeprune"))
 
 
 @pytest.fixture(scope="module")
@@ -19,38 +22,41 @@ def checkpoint(zoo, tmp_path_factory):
     return path
 
 
-def _unshare_prefix():
-    """`unshare -n` (no network namespace) when we may; None otherwise."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        return None
-    ok = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-    return ["unshare", "-n"] if ok else None
+def _error_lines(stderr: str):
+    """The error lines of a failed run; progress lines before them are allowed."""
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("edgeprune: error:")]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_export_then_verify_json(cli, checkpoint, tmp_path, fmt):
-    out = tmp_path / f"m.{fmt}"
-    res = cli("export", str(checkpoint), "--format", fmt, "--precision", "int8", "--data", "mnist",
-              "--calibration-samples", "32", "--out", str(out), "--json")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["precision"] == "int8"
-    res = cli("verify", str(out), "--reference", str(checkpoint), "--samples", "100", "--json")
+def test_done_when_offline_export_then_verify(checkpoint, tmp_path, fmt):
+    """`export --precision int8 --data mnist` then `verify --json`, both with no network."""
+    import subprocess
+
+    prefix = offline_prefix()
+    out = tmp_path / f"p.{fmt}"
+    run = lambda *a: subprocess.run([*prefix, EXE, *a], capture_output=True, text=True, timeout=600)  # noqa: E731
+    res = run("export", str(checkpoint), "--format", fmt, "--precision", "int8", "--data", "mnist",
+              "--calibration-samples", "64", "--out", str(out), "--json")
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
-    assert d["passed"] and d["target"] is None and d["samples"] == 100 and d["precision"] == "int8"
-
-
-def test_export_tflite_without_network(checkpoint, tmp_path):
-    prefix = _unshare_prefix()
-    if prefix is None:
-        pytest.skip("needs root and unshare to drop the network")
-    exe = os.path.join(os.path.dirname(os.sys.executable), "edgeprune")
-    out = tmp_path / "m.tflite"
-    res = subprocess.run([*prefix, exe, "export", str(checkpoint), "--format", "tflite", "--precision",
-                          "int8", "--calibration-samples", "16", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    assert d["precision"] == "int8" and d["model_bytes"] == out.stat().st_size
+    res = run("verify", str(out), "--reference", str(checkpoint), "--data", "mnist", "--samples", "200",
+              "--json")
     assert res.returncode == 0, res.stderr
-    assert out.stat().st_size > 0
+    d = json.loads(res.stdout)
+    assert d["passed"] is True and d["top1_agreement"] >= 0.98, d
+    assert d["target"] is None and d["samples"] == 200 and d["precision"] == "int8"
+    assert {"max_abs_diff", "accuracy", "reference_accuracy", "artifact"} <= set(d)
+
+
+def test_tflite_export_keeps_tensorflow_logs_off_the_terminal(cli, checkpoint, tmp_path):
+    out = tmp_path / "m.tflite"
+    res = cli("export", str(checkpoint), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("wrote ") and len(res.stdout.splitlines()) == 1
+    noise = [line for line in res.stderr.splitlines() if not line.startswith("exporting ")]
+    assert noise == [], res.stderr
 
 
 def test_verify_failure_exits_1(cli, checkpoint, tmp_path):
@@ -61,17 +67,29 @@ def test_verify_failure_exits_1(cli, checkpoint, tmp_path):
     assert res.returncode == 1 and json.loads(res.stdout)["passed"] is False
 
 
-def test_bad_inputs_exit_2_with_one_line(cli, checkpoint, tmp_path):
+def test_corrupt_artifact_is_one_line_exit_2(cli, checkpoint, tmp_path):
     corrupt = tmp_path / "bad.onnx"
     corrupt.write_bytes(b"not a model")
-    res = cli("verify", str(corrupt), "--reference", str(checkpoint), "--samples", "5")
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in res.stderr
+    res = cli("verify", str(corrupt), "--reference", str(checkpoint), "--samples", "5", "--json")
+    assert res.returncode == 2 and res.stdout == ""
+    errors = _error_lines(res.stderr)
+    assert len(errors) == 1 and "bad.onnx is not a valid ONNX model" in errors[0]
+
+
+@pytest.mark.parametrize("data, message", [
+    ("{tmp}/none.npz", "none.npz"),
+    ("{tmp}/wrong.npz", "does not match the model input"),
+])
+def test_bad_calibration_data_is_exit_2_and_no_partial_file(cli, checkpoint, tmp_path, data, message):
+    import numpy as np
+
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((8, 1, 20, 28), np.float32), y=np.zeros(8, np.int64))
     out = tmp_path / "x.onnx"
-    res = cli("export", str(checkpoint), "--precision", "int8", "--data", str(tmp_path / "none.npz"),
+    res = cli("export", str(checkpoint), "--precision", "int8", "--data", data.format(tmp=tmp_path),
               "--out", str(out))
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert not out.exists() and not any(p.name.endswith(".part.onnx") for p in tmp_path.iterdir())
+    errors = _error_lines(res.stderr)
+    assert res.returncode == 2 and len(errors) == 1 and message in errors[0], res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.npz"]
 
 
 def test_format_mismatch(cli, checkpoint, tmp_path):

@@ -1,0 +1,83 @@
+"""Adaptive activation-based pruning: thresholds remove low-attention filters physically,
+scale per layer, respect the per-iteration limits, and keep every zoo graph consistent."""
+import pytest
+import torch
+
+from edgeprune.analysis import analyze
+from edgeprune.errors import BadInputError
+from edgeprune.models import create_model
+from edgeprune.policies import AdaptiveConfig, plan_threshold, prune_by_threshold
+from edgeprune.pruning import channel_spec
+
+EXAMPLE = torch.zeros(1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def calib(mnist_train_module):
+    return list(mnist_train_module.subset(128).loader(64))
+
+
+@pytest.fixture(scope="module")
+def mnist_train_module():
+    from edgeprune.data import load_dataset
+    return load_dataset("mnist", "train")
+
+
+def test_zero_threshold_removes_nothing(calib):
+    model = create_model("resnet20")
+    before = channel_spec(model)
+    assert prune_by_threshold(model, 0.0, EXAMPLE, calib, AdaptiveConfig()) == 0
+    assert channel_spec(model) == before
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "squeezenet1_1", "vgg11", "alexnet"])
+def test_higher_threshold_prunes_more_and_graph_stays_valid(name, calib):
+    torch.manual_seed(0)
+    sizes = []
+    for threshold in (0.3, 0.8):
+        model = create_model(name)
+        prune_by_threshold(model, threshold, EXAMPLE, calib, AdaptiveConfig())
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        sizes.append(sum(p.numel() for p in model.parameters()))
+    assert sizes[1] < sizes[0]
+
+
+def test_dead_filters_go_first(calib):
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    conv, bn = model.layers[0][1].conv1, model.layers[0][1].bn1
+    for i in (3, 9):
+        conv.weight.data[i] = 0
+        bn.weight.data[i] = 0
+        bn.bias.data[i] = 0
+    _, plans = plan_threshold(model, 0.05, EXAMPLE, calib, AdaptiveConfig())
+    plan = next(p for p in plans if p.layer == "layers.0.1.conv1")
+    assert {3, 9} <= set(plan.drop)
+
+
+def test_per_iteration_limit_and_min_channels(calib):
+    model = create_model("resnet20")
+    before = channel_spec(model)
+    prune_by_threshold(model, 50.0, EXAMPLE, calib, AdaptiveConfig(max_layer_fraction=0.25, round_to=4))
+    after = channel_spec(model)
+    for layer, channels in after.items():
+        assert channels >= 0.75 * before[layer] - 1e-9
+        assert channels % 4 == 0
+
+
+def test_mac_scaling_prunes_high_resolution_layers_harder(calib):
+    """Latency follows MACs: stage-1 convs (28x28) hold a third of the MACs but few params."""
+    stage1 = []
+    for scale_by in ("params", "macs"):
+        model = create_model("resnet20")
+        torch.manual_seed(0)
+        prune_by_threshold(model, 1.0, EXAMPLE, calib, AdaptiveConfig(scale_by=scale_by))
+        stage1.append(channel_spec(model)["layers.0.0.conv1"])
+    assert stage1[1] < stage1[0]
+
+
+def test_bad_config():
+    with pytest.raises(BadInputError, match="scale_by"):
+        AdaptiveConfig(scale_by="flops")
+    with pytest.raises(BadInputError, match="max_layer_fraction"):
+        AdaptiveConfig(max_layer_fraction=1.0)
