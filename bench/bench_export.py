@@ -21,8 +21,11 @@ from typing import Dict, List
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
 from edgeprune.data import load_dataset
-from edgeprune.export import ExportConfig, export, load_runner, verify
+from edgeprune.export import ExportConfig, export_many, load_runner, verify
 from edgeprune.models import Checkpoint, create_model, list_models
 
 OUT = Path(__file__).resolve().parent / "results" / "export.json"
@@ -45,27 +48,35 @@ def brief_train(name: str, data, steps: int) -> Checkpoint:
     return Checkpoint(model=model.eval(), arch=name, metadata=meta)
 
 
-def bench_one(ckpt: Checkpoint, fmt: str, precision: str, test, work: Path, runs: int) -> Dict:
-    """Export, time and verify one artifact."""
-    path = work / f"{ckpt.arch}-{precision}.{fmt}"
+def bench_model(ckpt: Checkpoint, fmt: str, test, work: Path, runs: int, samples: int) -> List[Dict]:
+    """Export fp32 and int8 (one conversion for both), then time and verify each artifact."""
+    cfgs = {work / f"{ckpt.arch}-{p}.{fmt}": ExportConfig(format=fmt, precision=p, calibration_samples=64)
+            for p in ("fp32", "int8")}
     t0 = time.perf_counter()
-    export(ckpt, ExportConfig(format=fmt, precision=precision, calibration_samples=64), path, data=test)
+    paths = export_many(ckpt, cfgs, data=test)
     export_s = time.perf_counter() - t0
-    times = load_runner(path, threads=1).time_runs(test.x[:1].numpy(), runs=runs, warmup=10)
-    result = verify(path, ckpt, test, samples=500)
-    return {"model": ckpt.arch, "format": fmt, "precision": precision, "bytes": path.stat().st_size,
-            "latency_ms_p50": 1e3 * statistics.median(times), "runs": len(times), "threads": 1,
-            "top1_agreement": result.top1_agreement, "sqnr_db": result.sqnr_db,
-            "passed": result.passed, "export_s": export_s}
+    rows = []
+    for path, precision in zip(paths, ("fp32", "int8")):
+        runner = load_runner(path, threads=1)
+        times = runner.time_runs(test.x[:1].numpy(), runs=runs, warmup=10)
+        result = verify(path, ckpt, test, samples=samples)
+        rows.append({"model": ckpt.arch, "format": fmt, "runtime": runner.runtime, "precision": precision,
+                     "bytes": path.stat().st_size, "latency_ms_p50": 1e3 * statistics.median(times),
+                     "runs": len(times), "threads": 1, "top1_agreement": result.top1_agreement,
+                     "sqnr_db": result.sqnr_db, "accuracy": result.accuracy,
+                     "reference_accuracy": result.reference_accuracy, "passed": result.passed,
+                     "export_s_both": export_s})
+    return rows
 
 
 def table(rows: List[Dict]) -> str:
     """A fixed-width text table of the results."""
-    head = f"{'model':<14}{'fmt':<7}{'prec':<6}{'KiB':>9}{'p50 ms':>9}{'top1 agr':>10}{'SQNR dB':>9}"
+    head = f"{'model':<14}{'fmt':<7}{'prec':<6}{'KiB':>9}{'p50 ms':>9}{'top1 agr':>10}{'SQNR dB':>9}{'acc':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['model']:<14}{r['format']:<7}{r['precision']:<6}{r['bytes'] / 1024:>9.1f}"
-                     f"{r['latency_ms_p50']:>9.3f}{100 * r['top1_agreement']:>9.1f}%{r['sqnr_db']:>9.1f}")
+                     f"{r['latency_ms_p50']:>9.3f}{100 * r['top1_agreement']:>9.1f}%{r['sqnr_db']:>9.1f}"
+                     f"{100 * r['accuracy']:>7.1f}%")
     return "\n".join(lines)
 
 
@@ -75,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--formats", default="onnx,tflite")
     p.add_argument("--train-steps", type=int, default=12)
     p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--samples", type=int, default=500, help="verification samples per artifact")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -84,12 +96,13 @@ def main(argv=None) -> int:
         for name in args.models.split(","):
             ckpt = brief_train(name, train, args.train_steps)
             for fmt in args.formats.split(","):
-                for precision in ("fp32", "int8"):
-                    rows.append(bench_one(ckpt, fmt, precision, test, Path(work), args.runs))
-                    print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+                new = bench_model(ckpt, fmt, test, Path(work), args.runs, args.samples)
+                rows.extend(new)
+                print("\n".join(table(new).splitlines()[2:]), file=sys.stderr, flush=True)
     print(table(rows))
-    meta = {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "train_steps": args.train_steps, "weights": "briefly trained"}
+    meta = {**machine(), "arch": platform.machine(), "train_steps": args.train_steps,
+            "weights": "briefly trained", "verify_samples": args.samples,
+            "latency": "host, 1 thread, batch 1, median of --runs invokes after 10 warm-up"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     return 0

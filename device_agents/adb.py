@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from device_agents.client import AgentClient, AgentOptions
 from device_agents.local import _ProcessChannel
-from device_agents.transport import AgentChannel, ConnectionLost, Transport, quote_command
+from device_agents.transport import AgentChannel, ConnectionLost, Transport, quote_command, with_retries
 from edgeprune._io import sha256_file
 from edgeprune.errors import BadInputError, DoesNotFitError, TargetUnreachableError
 
@@ -151,17 +150,14 @@ class BenchmarkModelClient:
         return self.hello
 
     def retrying(self, fn: Callable[["BenchmarkModelClient"], T]) -> T:
-        last: Optional[ConnectionLost] = None
-        for attempt in range(self.options.retries + 1):
-            if attempt:
-                time.sleep(self.options.backoff * (2 ** (attempt - 1)))
-            try:
-                self.open()
-                return fn(self)
-            except ConnectionLost as exc:
-                last, self.hello = exc, {}
-        raise TargetUnreachableError(f"{self.name}: failed after {self.options.retries + 1} attempt(s); "
-                                     f"last error: {last}") from last
+        def attempt() -> T:
+            self.open()
+            return fn(self)
+
+        def on_lost() -> None:
+            self.hello = {}
+
+        return with_retries(self.name, attempt, on_lost, self.options.retries, self.options.backoff)
 
     def bench(self, local: Path, sha: str, runtime: str, threads: int, warmup: int, runs: int,
               min_seconds: float, warmup_seconds: float, timeout: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, TypeVar
 import numpy as np
 
 from device_agents.agent import PROTOCOL_VERSION
-from device_agents.transport import AgentChannel, ChannelTimeout, ConnectionLost, Transport
+from device_agents.transport import AgentChannel, ChannelTimeout, ConnectionLost, Transport, with_retries
 from edgeprune._io import sha256_file
 from edgeprune.errors import BadInputError, DoesNotFitError, EdgePruneError, TargetUnreachableError
 
@@ -162,19 +162,15 @@ class AgentClient:
 
     def retrying(self, fn: Callable[["AgentClient"], T]) -> T:
         """Run fn(self), reconnecting after a dropped connection; bounded, backed-off retries."""
-        last: Optional[ConnectionLost] = None
-        for attempt in range(self.options.retries + 1):
-            if attempt:
-                time.sleep(self.options.backoff * (2 ** (attempt - 1)))
-            try:
-                self.open()
-                return fn(self)
-            except ConnectionLost as exc:
-                last = exc
-                self.close()
-                self.transport.close()
-        raise TargetUnreachableError(
-            f"{self.name}: failed after {self.options.retries + 1} attempt(s); last error: {last}") from last
+        def attempt() -> T:
+            self.open()
+            return fn(self)
+
+        def on_lost() -> None:
+            self.close()
+            self.transport.close()
+
+        return with_retries(self.name, attempt, on_lost, self.options.retries, self.options.backoff)
 
     def ensure_file(self, local: Path, sha: Optional[str] = None) -> dict[str, Any]:
         """Put a local file into the device cache; uploaded only when that sha256 is missing."""

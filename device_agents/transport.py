@@ -17,7 +17,8 @@ import shlex
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+import time
+from typing import Callable, Optional, Sequence, TypeVar
 
 from edgeprune.errors import TargetUnreachableError
 
@@ -145,3 +146,23 @@ class Transport(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+R = TypeVar("R")
+
+
+def with_retries(name: str, attempt: Callable[[], R], on_lost: Callable[[], None], retries: int,
+                 backoff: float) -> R:
+    """Call `attempt`, retrying after a ConnectionLost with exponential backoff, at most
+    `retries` more times; then a TargetUnreachableError chained to the last error."""
+    last: Optional[ConnectionLost] = None
+    for n in range(retries + 1):
+        if n:
+            time.sleep(backoff * (2 ** (n - 1)))
+        try:
+            return attempt()
+        except ConnectionLost as exc:
+            last = exc
+            on_lost()
+    raise TargetUnreachableError(
+        f"{name}: failed after {retries + 1} attempt(s); last error: {last}") from last

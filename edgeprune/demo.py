@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, Optional
 from edgeprune.errors import EdgePruneError
 
 DEMO_ARCH = "resnet20"
-DEMO_EPOCHS = 6
+DEMO_EPOCHS = 4
 DEMO_TARGET = "emu-rpi4"
 FALLBACK_TARGET = "x86-ort"
 
@@ -85,12 +85,14 @@ def _cannot_emulate() -> Optional[str]:
 def run_demo(out_dir: str | Path = "demo-out", epochs: int = DEMO_EPOCHS) -> Dict[str, Any]:
     """Run the whole demo; returns the compress result (result.json)."""
     from edgeprune.compress import CompressConfig, compress
+    from edgeprune.policies import AdaptiveConfig
 
     out = Path(out_dir)
     model = trained_model(epochs)
     if out.exists():
         shutil.rmtree(out)
     with demo_target() as target:
-        cfg = CompressConfig(policy="latency", budget="0.5x", precision="int8")
+        cfg = CompressConfig(policy="latency", budget="0.5x", precision="int8",
+                             adaptive=AdaptiveConfig(max_iterations=6, finetune_epochs=1, finetune_samples=4000))
         log(f"compressing on {target.name}: latency budget 0.5x of the measured baseline, int8")
         return compress(model, target, cfg, out)

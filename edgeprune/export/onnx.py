@@ -101,7 +101,35 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bo
             )
     except Exception as exc:
         raise BadInputError(f"int8 quantization failed: {_first_line(exc)}") from None
+    model = onnx.load(str(dst))
+    compact_names(model.graph)
+    onnx.save(model, str(dst))
     check_onnx(dst)
+
+
+def compact_names(graph: onnx.GraphProto) -> None:
+    """Give tensors and Q/DQ nodes short names; keep the graph's input/output and weighted nodes'.
+
+    QDQ quantization adds two nodes and three initializers per tensor, each named after the
+    tensor's long path: on a small pruned net those names weigh as much as its int8 weights.
+    """
+    io_names = {v.name for v in (*graph.input, *graph.output)}
+    names: Dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in io_names:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for info in graph.value_info:
+        info.name = short(info.name)
+    for i, node in enumerate(graph.node):
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+        if node.op_type not in WEIGHTED_OPS:
+            node.name = f"n{i}"
 
 
 def quantize_dynamic(src: Path, dst: Path, per_channel: bool = True) -> None:

@@ -39,12 +39,12 @@ class AdaptiveConfig:
 
     p: float = 2.0
     step: float = 0.15
-    max_resets: int = 3
-    max_iterations: int = 8
+    max_resets: int = 4
+    max_iterations: int = 10
     max_layer_fraction: float = 0.5
     min_channels: int = 2
     round_to: int = 1
-    finetune_epochs: int = 1
+    finetune_epochs: int = 2
     finetune_samples: int = 8000
     finetune_lr: float = 0.02
     calibration_samples: int = 256

@@ -58,7 +58,9 @@ class Policy:
         met = [r for r in tried if self.meets_budget(r, baseline)]
         if met:
             return max(met, key=lambda r: (r["accuracy"], -r["macs"]))
-        return min(tried or [baseline], key=lambda r: self.budget.observed(r) or float("inf"))
+        # Budget missed: the closest candidate that kept its accuracy (reported as not met).
+        good = [r for r in tried if self.good(r, baseline)] or [baseline]
+        return min(good, key=lambda r: self.budget.observed(r) or float("inf"))
 
 
 def make_policy(name: str, budget: Budget, tolerance: Optional[float]) -> Policy:

@@ -84,18 +84,53 @@ def export_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("export")
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
+CALIB = 32
+
+
+class Artifacts:
+    """fp32 and int8 artifacts of each zoo variant, one export_many call per (variant, format):
+    the ONNX graph and onnx2tf's SavedModel are made once for both precisions."""
+
+    def __init__(self, zoo: Zoo, data, out_dir: Path):
+        self._zoo, self._data, self._dir = zoo, data, out_dir
+        self._cache: Dict[tuple, Dict[str, Path]] = {}
+
+    def get(self, variant, fmt: str) -> Dict[str, Path]:
+        from edgeprune.export import ExportConfig, export_many
+
+        key = (*variant, fmt)
+        if key not in self._cache:
+            jobs = {self._dir / f"{variant_id(variant)}-{p}.{fmt}":
+                    ExportConfig(format=fmt, precision=p, calibration_samples=CALIB) for p in ("fp32", "int8")}
+            with pytest.MonkeyPatch.context() as mp:
+                block_network(mp)  # exports are made offline, whichever test asks first
+                paths = export_many(self._zoo.get(*variant), jobs, data=self._data)
+            self._cache[key] = dict(zip(("fp32", "int8"), paths))
+        return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def artifacts(zoo, mnist_test, export_dir) -> Artifacts:
+    return Artifacts(zoo, mnist_test, export_dir)
+
+
+def block_network(monkeypatch) -> None:
+    """Make any attempt to open an internet connection fail the test that made it."""
+    real_connect = socket.socket.connect
 
     def refuse(self, address, *args, **kwargs):
         if self.family in (socket.AF_INET, socket.AF_INET6):
             raise AssertionError(f"network access attempted: {address}")
         return real_connect(self, address, *args, **kwargs)
 
-    real_connect = socket.socket.connect
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    block_network(monkeypatch)
     yield
 
 

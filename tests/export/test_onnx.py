@@ -7,18 +7,15 @@ import pytest
 
 from edgeprune.export import ExportConfig, artifact_precision, export, node_precisions, verify
 from edgeprune.export.onnx import module_of
-from tests.export.conftest import VARIANTS, variant_id
+from tests.export.conftest import CALIB, VARIANTS, variant_id
 
-CALIB = 32
 SAMPLES = 200
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_zoo_onnx_exports_and_verifies(zoo, mnist_test, export_dir, variant, precision):
-    ckpt = zoo.get(*variant)
-    out = export_dir / f"{variant_id(variant)}-{precision}.onnx"
-    export(ckpt, ExportConfig(precision=precision, calibration_samples=CALIB), out, data=mnist_test)
+def test_zoo_onnx_exports_and_verifies(zoo, artifacts, mnist_test, variant, precision):
+    out = artifacts.get(variant, "onnx")[precision]
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
@@ -28,7 +25,7 @@ def test_zoo_onnx_exports_and_verifies(zoo, mnist_test, export_dir, variant, pre
     assert artifact_precision(out) == precision
     if precision == "int8":
         assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    result = verify(out, ckpt, mnist_test, samples=SAMPLES)
+    result = verify(out, zoo.get(*variant), mnist_test, samples=SAMPLES)
     assert result.passed, result.to_dict()
 
 
@@ -53,12 +50,9 @@ def test_node_override_keeps_named_modules_in_float(zoo, mnist_test, tmp_path):
     assert verify(out, ckpt, mnist_test, samples=SAMPLES).passed
 
 
-def test_int8_is_at_most_35_percent_of_fp32(zoo, mnist_test, tmp_path):
-    ckpt = zoo.get("resnet20", pruned=True)
-    fp32 = export(ckpt, ExportConfig(), tmp_path / "fp32.onnx")
-    int8 = export(ckpt, ExportConfig(precision="int8", calibration_samples=CALIB), tmp_path / "int8.onnx",
-                  data=mnist_test)
-    assert int8.stat().st_size <= 0.35 * fp32.stat().st_size
+def test_int8_is_at_most_35_percent_of_fp32(artifacts):
+    paths = artifacts.get(("resnet20", True), "onnx")
+    assert paths["int8"].stat().st_size <= 0.35 * paths["fp32"].stat().st_size
 
 
 @pytest.mark.parametrize("name, module", [

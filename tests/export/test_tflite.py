@@ -5,33 +5,46 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.export import ExportConfig, artifact_precision, export, load_runner, node_precisions, verify
-from tests.export.conftest import VARIANTS, variant_id
+from edgeprune.export import (ExportConfig, artifact_precision, export, export_many, load_runner, node_precisions,
+                              verify)
+from tests.export.conftest import CALIB, VARIANTS, block_network, variant_id
 
 pytest.importorskip("onnx2tf")
-CALIB = 32
 SAMPLES = 200
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_zoo_tflite_exports_and_verifies(zoo, mnist_test, export_dir, variant, precision, no_network):
-    ckpt = zoo.get(*variant)
-    out = export_dir / f"{variant_id(variant)}-{precision}.tflite"
-    export(ckpt, ExportConfig(format="tflite", precision=precision, calibration_samples=CALIB), out,
-           data=mnist_test)
+def test_zoo_tflite_exports_and_verifies(zoo, artifacts, mnist_test, variant, precision, no_network):
+    out = artifacts.get(variant, "tflite")[precision]
     assert artifact_precision(out) == precision
-    result = verify(out, ckpt, mnist_test, samples=SAMPLES)
+    result = verify(out, zoo.get(*variant), mnist_test, samples=SAMPLES)
     assert result.passed, result.to_dict()
 
 
-def test_int8_io_is_quantized_and_layout_is_nhwc(zoo, mnist_test, tmp_path, no_network):
+@pytest.fixture(scope="module")
+def resnet20(zoo, mnist_test, tmp_path_factory):
+    """resnet20 in the other TFLite flavours, from one onnx2tf conversion, made offline."""
+    ckpt = zoo.get("resnet20")
+    d = tmp_path_factory.mktemp("tflite")
+    cfgs = {
+        "fp16": ExportConfig(format="tflite", precision="fp16"),
+        "dynamic": ExportConfig(format="tflite", precision="dynamic"),
+        "float_io": ExportConfig(format="tflite", precision="int8", int8_io=False, calibration_samples=CALIB),
+        "mixed": ExportConfig(format="tflite", precision="int8", calibration_samples=CALIB,
+                              node_precision={"fc": "fp32"}),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        block_network(mp)
+        paths = export_many(ckpt, {d / f"{k}.tflite": cfg for k, cfg in cfgs.items()}, data=mnist_test)
+    return ckpt, dict(zip(cfgs, paths))
+
+
+def test_int8_io_is_quantized_and_layout_is_nhwc(zoo, artifacts, mnist_test):
     from ai_edge_litert.interpreter import Interpreter
 
-    ckpt = zoo.get("resnet20")
-    out = export(ckpt, ExportConfig(format="tflite", precision="int8", calibration_samples=CALIB),
-                 tmp_path / "m.tflite", data=mnist_test)
+    out = artifacts.get(("resnet20", False), "tflite")["int8"]
     it = Interpreter(model_path=str(out))
     inp, outp = it.get_input_details()[0], it.get_output_details()[0]
     assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
@@ -40,42 +53,37 @@ def test_int8_io_is_quantized_and_layout_is_nhwc(zoo, mnist_test, tmp_path, no_n
     assert set(node_precisions(out).values()) == {"int8"}
     logits = load_runner(out).run(mnist_test.x[:4].numpy())
     assert logits.shape == (4, 10) and logits.dtype == np.float32
+    reference = zoo.get("resnet20").model(mnist_test.x[:4]).detach().numpy()
+    assert (logits.argmax(1) == reference.argmax(1)).all()
 
 
 @pytest.mark.parametrize("precision", ["fp16", "dynamic"])
-def test_fp16_and_dynamic(zoo, mnist_test, tmp_path, precision):
-    ckpt = zoo.get("resnet20")
-    out = export(ckpt, ExportConfig(format="tflite", precision=precision), tmp_path / "m.tflite")
-    assert artifact_precision(out) == precision
-    assert verify(out, ckpt, mnist_test, samples=SAMPLES).passed
+def test_fp16_and_dynamic(resnet20, mnist_test, precision):
+    ckpt, paths = resnet20
+    assert artifact_precision(paths[precision]) == precision
+    result = verify(paths[precision], ckpt, mnist_test, samples=SAMPLES)
+    assert result.passed, result.to_dict()
 
 
-def test_float_io_int8(zoo, mnist_test, tmp_path):
-    ckpt = zoo.get("resnet20")
-    cfg = ExportConfig(format="tflite", precision="int8", int8_io=False, calibration_samples=CALIB)
-    out = export(ckpt, cfg, tmp_path / "m.tflite", data=mnist_test)
-    assert load_runner(out)._in["dtype"] == np.float32
-    assert artifact_precision(out) == "int8"
-    assert verify(out, ckpt, mnist_test, samples=SAMPLES).passed
+def test_float_io_int8(resnet20, mnist_test):
+    ckpt, paths = resnet20
+    assert load_runner(paths["float_io"])._in["dtype"] == np.float32
+    assert artifact_precision(paths["float_io"]) == "int8"
+    assert verify(paths["float_io"], ckpt, mnist_test, samples=SAMPLES).passed
 
 
-def test_selective_quantization_keeps_named_modules_in_float(zoo, mnist_test, tmp_path):
-    ckpt = zoo.get("resnet20")
-    cfg = ExportConfig(format="tflite", precision="int8", calibration_samples=CALIB,
-                       node_precision={"fc": "fp32"})
-    out = export(ckpt, cfg, tmp_path / "mixed.tflite", data=mnist_test)
-    kinds = list(node_precisions(out).values())
+def test_selective_quantization_keeps_named_modules_in_float(resnet20, mnist_test):
+    ckpt, paths = resnet20
+    kinds = list(node_precisions(paths["mixed"]).values())
     assert kinds.count("fp32") == 1 and "int8" in kinds
-    assert artifact_precision(out) == "mixed"
-    assert verify(out, ckpt, mnist_test, samples=SAMPLES).passed
+    assert artifact_precision(paths["mixed"]) == "mixed"
+    result = verify(paths["mixed"], ckpt, mnist_test, samples=SAMPLES)
+    assert result.passed, result.to_dict()
 
 
-def test_int8_is_at_most_35_percent_of_fp32(zoo, mnist_test, tmp_path):
-    ckpt = zoo.get("resnet20", pruned=True)
-    fp32 = export(ckpt, ExportConfig(format="tflite"), tmp_path / "fp32.tflite")
-    int8 = export(ckpt, ExportConfig(format="tflite", precision="int8", calibration_samples=CALIB),
-                  tmp_path / "int8.tflite", data=mnist_test)
-    assert int8.stat().st_size <= 0.35 * fp32.stat().st_size
+def test_int8_is_at_most_35_percent_of_fp32(artifacts):
+    paths = artifacts.get(("resnet20", True), "tflite")
+    assert paths["int8"].stat().st_size <= 0.35 * paths["fp32"].stat().st_size
 
 
 def test_rgb_model_exports_offline(tmp_path, no_network):

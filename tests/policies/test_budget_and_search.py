@@ -82,3 +82,10 @@ def test_replay_rebuilds_the_loop_exactly():
     rows = search([baseline], policy, 0.0, 0.2, 8, 3, try_candidate)
     loop = replay(rows[:3], 0.0, 0.2, policy)
     assert (loop.state["iteration"], loop.step, loop.resets) == (1, 0.1, 1)
+
+
+def test_unmet_budget_falls_back_to_the_fastest_good_candidate():
+    policy = make_policy("latency", parse_budget("latency", "0.5x"), None)
+    baseline = {**row(0, 99.0, 10.0), "good": True}
+    rows = [baseline, {**row(1, 98.5, 7.0), "good": True}, {**row(2, 90.0, 5.5), "good": False}]
+    assert policy.select(rows, baseline)["iteration"] == 1
