@@ -102,13 +102,14 @@ def write_reports(out: Path, result: Dict[str, Any], rows: List[Row], before: Di
 def _comparison(result: Dict[str, Any]) -> List[List[str]]:
     b, f = result["baseline"], result["final"]
     bm, fm = b["measurement"], f["measurement"]
+    where = provenance(fm) if provenance(bm) == provenance(fm) else f"baseline: {provenance(bm)}; final: {provenance(fm)}"
     rows = [
         ["test accuracy (top-1 %)", f"{b['accuracy']:.2f}", f"{f['accuracy']:.2f}", "evaluated on the host"],
         ["params", f"{b['params']:,}", f"{f['params']:,}", "counted"],
         ["MACs", f"{b['macs']:,}", f"{f['macs']:,}", "counted (proxy)"],
         ["artifact bytes", f"{b['model_bytes']:,}", f"{f['model_bytes']:,}", "file size"],
-        ["latency p50 (ms)", f"{bm['latency_ms']['p50']:.3f}", f"{fm['latency_ms']['p50']:.3f}", provenance(fm)],
-        ["latency p90 (ms)", f"{bm['latency_ms']['p90']:.3f}", f"{fm['latency_ms']['p90']:.3f}", provenance(fm)],
+        ["latency p50 (ms)", f"{bm['latency_ms']['p50']:.3f}", f"{fm['latency_ms']['p50']:.3f}", where],
+        ["latency p90 (ms)", f"{bm['latency_ms']['p90']:.3f}", f"{fm['latency_ms']['p90']:.3f}", where],
         ["peak memory (MB)", _mb(bm), _mb(fm), f"{fm.get('memory_method') or 'n/a'}, {fm.get('source')}"],
     ]
     return rows
@@ -137,7 +138,7 @@ def _markdown(result: Dict[str, Any], rows: List[Row], before: Dict[str, int], a
         "## Baseline against final",
         _table(["", "baseline", "final", "provenance"], _comparison(result)),
         "## Verification on the target",
-        _table(["artifact", "samples", "top-1 agreement", "max abs diff", "accuracy", "passed"],
+        _table(["artifact", "samples", "top-1 agreement", "max abs diff", "accuracy (fraction)", "passed"],
                [[v["artifact"], v["samples"], f"{v['top1_agreement']:.4f}", f"{v['max_abs_diff']:.4g}",
                  v["accuracy"], v["passed"]] for v in result["verifications"].values()]),
         "## Candidates (accuracy on the validation split; latency measured on the target)",

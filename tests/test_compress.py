@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
-FAST = ["--max-iterations", "3", "--finetune-samples", "400", "--runs", "20", "--step", "0.3"]
+FAST = ["--max-iterations", "3", "--finetune-epochs", "1", "--finetune-samples", "400", "--runs", "20", "--step", "0.3"]
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,67 @@ def torch_to_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, opse
     check_onnx(path)
 
 
+def edge_padded_maxpools(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace MaxPool's implicit padding (pads, ceil_mode) by copies of the edge rows/columns.
+
+    onnx2tf pads such pools with the float minimum, which int8 calibration then takes as the
+    tensor's range (scale ~1e36: the model collapses). Every pooling window that touches the
+    padding also holds the edge row/column it copies, so the max, hence the output, is unchanged.
+    """
+    from onnx import helper
+
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.input, *model.graph.value_info)}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "MaxPool" and len(shapes.get(node.input[0], [])) == 4:
+            nodes.extend(_edge_pad(node, shapes[node.input[0]], helper))
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _edge_pad(node: onnx.NodeProto, shape: List[int], helper) -> List[onnx.NodeProto]:
+    """Slice/Concat nodes that pad the pool's input; the pool itself is set to no padding."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return []
+    kernel, strides = list(attrs["kernel_shape"]), list(attrs.get("strides", [1, 1]))
+    dilations, pads = list(attrs.get("dilations", [1, 1])), list(attrs.get("pads", [0, 0, 0, 0]))
+    ceil = bool(attrs.get("ceil_mode", 0))
+    if not ceil and not any(pads):
+        return []
+    added, x = [], node.input[0]
+    for axis, (size, k, st, dil) in enumerate(zip(shape[2:], kernel, strides, dilations)):
+        begin, end = pads[axis], pads[axis + 2]
+        span = size + begin + end - dil * (k - 1) - 1
+        out = (-(-span // st) if ceil else span // st) + 1
+        if ceil and (out - 1) * st >= size + begin:  # PyTorch: the last window starts inside
+            out -= 1
+        end = (out - 1) * st + dil * (k - 1) + 1 - size - begin
+        for count, edge, first in ((begin, [0, 1], True), (end, [-1, size + begin], False)):
+            if count <= 0:
+                continue
+            name = f"{node.name or node.output[0]}_edge{axis}{'b' if first else 'e'}"
+            consts = [helper.make_tensor(f"{name}_{c}", onnx.TensorProto.INT64, [1], [v])
+                      for c, v in (("starts", edge[0]), ("ends", edge[1]), ("axes", axis + 2))]
+            added.append(helper.make_node("Constant", [], [f"{name}_s"], value=consts[0]))
+            added.append(helper.make_node("Constant", [], [f"{name}_e"], value=consts[1]))
+            added.append(helper.make_node("Constant", [], [f"{name}_a"], value=consts[2]))
+            added.append(helper.make_node("Slice", [x, f"{name}_s", f"{name}_e", f"{name}_a"], [f"{name}_row"]))
+            parts = [f"{name}_row"] * count
+            parts = parts + [x] if first else [x] + parts
+            added.append(helper.make_node("Concat", parts, [f"{name}_out"], axis=axis + 2))
+            x = f"{name}_out"
+    node.input[0] = x
+    kept = [a for a in node.attribute if a.name not in ("pads", "ceil_mode")]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    return added
+
+
 def check_onnx(path: Path) -> onnx.ModelProto:
     """Load and check an ONNX file; a truncated or invalid file is a BadInputError."""
     try:

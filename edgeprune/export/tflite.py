@@ -26,7 +26,7 @@ import onnx
 
 from edgeprune._optional import require
 from edgeprune.errors import BadInputError
-from edgeprune.export.onnx import _first_line, node_precisions, resolve_nodes
+from edgeprune.export.onnx import _first_line, edge_padded_maxpools, node_precisions, resolve_nodes
 
 WEIGHTED_TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 _SAMPLE_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -80,6 +80,7 @@ def onnx_to_saved_model(onnx_path: Path, out_dir: Path, samples_nhwc: np.ndarray
     onnx2tf = require_quiet("onnx2tf")
     module = require_quiet("onnx2tf.onnx2tf")
     saved = out_dir / "saved_model"
+    onnx_path = _without_maxpool_padding(onnx_path, out_dir)
     patched = lambda: samples_nhwc.astype(np.float32)  # noqa: E731  (no network, our data)
     original = module.download_test_image_data
     module.download_test_image_data = patched
@@ -96,6 +97,16 @@ def onnx_to_saved_model(onnx_path: Path, out_dir: Path, samples_nhwc: np.ndarray
     if not (saved / "saved_model.pb").is_file():
         raise BadInputError("onnx2tf produced no SavedModel (unsupported op?)")
     return saved
+
+
+def _without_maxpool_padding(onnx_path: Path, out_dir: Path) -> Path:
+    """The ONNX file with MaxPool padding made explicit (edge copies), for onnx2tf."""
+    model = onnx.load(str(onnx_path))
+    if not any(n.op_type == "MaxPool" for n in model.graph.node):
+        return onnx_path
+    path = out_dir / "edge_padded.onnx"
+    onnx.save(edge_padded_maxpools(model), str(path))
+    return path
 
 
 def saved_model_to_tflite(saved: Path, precision: str, samples_nhwc: Optional[np.ndarray] = None,

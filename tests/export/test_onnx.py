@@ -63,3 +63,29 @@ def test_int8_is_at_most_35_percent_of_fp32(artifacts):
 ])
 def test_module_of(name, module):
     assert module_of(name) == module
+
+
+@pytest.mark.parametrize("pool, size", [
+    (dict(kernel_size=3, stride=2, ceil_mode=True), 28),   # squeezenet
+    (dict(kernel_size=3, stride=2, padding=1), 28),        # resnet18 stem
+    (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), 14),
+    (dict(kernel_size=2), 7),
+])
+def test_edge_padded_maxpools_keep_outputs(tmp_path, pool, size):
+    """MaxPool padding made explicit for onnx2tf (edge copies, no float-minimum pad) is exact."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from edgeprune.export.onnx import edge_padded_maxpools, torch_to_onnx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.MaxPool2d(**pool)).eval()
+    torch_to_onnx(model, (1, size, size), tmp_path / "m.onnx")
+    padded = edge_padded_maxpools(onnx.load(str(tmp_path / "m.onnx")))
+    onnx.checker.check_model(padded)
+    pool_attrs = [onnx.helper.get_attribute_value(a) for n in padded.graph.node if n.op_type == "MaxPool"
+                  for a in n.attribute if a.name in ("pads", "ceil_mode")]
+    assert not any(any(v) if isinstance(v, list) else v for v in pool_attrs)
+    x = np.random.default_rng(0).standard_normal((1, 1, size, size)).astype(np.float32)
+    got = ort.InferenceSession(padded.SerializeToString()).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(got, model(torch.from_numpy(x)).detach().numpy())
