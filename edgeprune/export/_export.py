@@ -28,7 +28,7 @@ def export(model_or_checkpoint: Any, cfg: ExportConfig, out: str | Path, data: A
 def export_many(model_or_checkpoint: Any, jobs: Mapping[str | Path, ExportConfig], data: Any = None,
                 weights: Optional[str] = None) -> List[Path]:
     """Export one model to several artifacts ({out: config}), converting it to ONNX and, for
-    TFLite, to a SavedModel once for all of them. Returns the paths in the order given.
+    TFLite, to a TensorFlow model once for all of them. Returns the paths in the order given.
 
     Calibration data is checked before any file is written; each artifact is written atomically.
     """
@@ -67,13 +67,13 @@ def _calibration(src: Source, cfgs: Sequence[ExportConfig], data: Any) -> Option
 
 
 class _Stages:
-    """The intermediate fp32 ONNX files and SavedModels of one export_many call, made once."""
+    """The intermediate fp32 ONNX files and onnx2tf models of one export_many call, made once."""
 
     def __init__(self, src: Source, work: Path, calibration: Optional[np.ndarray]):
         self.src, self.work = src, work
         self.calibration = calibration
         self._onnx: Dict[Tuple, Path] = {}
-        self._saved: Dict[Path, Path] = {}
+        self._tf: Dict[Path, Any] = {}
 
     def samples(self, cfg: ExportConfig) -> Optional[np.ndarray]:
         if cfg.precision != "int8" or self.calibration is None:
@@ -88,14 +88,14 @@ class _Stages:
             self._onnx[key] = path
         return self._onnx[key]
 
-    def saved_model(self, cfg: ExportConfig) -> Path:
+    def tf_model(self, cfg: ExportConfig) -> Any:
         fp32 = self.onnx(cfg)
-        if fp32 not in self._saved:
-            out_dir = self.work / f"tf-{len(self._saved)}"
-            out_dir.mkdir()
+        if fp32 not in self._tf:
+            work = self.work / f"tf-{len(self._tf)}"
+            work.mkdir()
             samples = self.calibration if self.calibration is not None else _placeholder(self.src)
-            self._saved[fp32] = tflite_export.onnx_to_saved_model(fp32, out_dir, tflite_export.nhwc(samples))
-        return self._saved[fp32]
+            self._tf[fp32] = tflite_export.onnx_to_keras(fp32, work, tflite_export.nhwc(samples))
+        return self._tf[fp32]
 
 
 def _write(stages: _Stages, cfg: ExportConfig, dst: Path) -> None:
@@ -117,15 +117,15 @@ def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional
 
 
 def _finish_tflite(stages: _Stages, dst: Path, cfg: ExportConfig) -> None:
-    saved = stages.saved_model(cfg)
+    model = stages.tf_model(cfg)
     samples = stages.samples(cfg)
     samples_nhwc = None if samples is None else tflite_export.nhwc(samples)
     keep = _kept_in_float(cfg)
     if keep:
-        float_model = tflite_export.saved_model_to_tflite(saved, "fp32")
+        float_model = tflite_export.keras_to_tflite(model, "fp32")
         keep = tflite_export.tflite_nodes_for(onnx_export.check_onnx(stages.onnx(cfg)), float_model, keep)
-    dst.write_bytes(tflite_export.saved_model_to_tflite(
-        saved, cfg.precision, samples_nhwc, cfg.per_channel, cfg.int8_io, keep))
+    dst.write_bytes(tflite_export.keras_to_tflite(
+        model, cfg.precision, samples_nhwc, cfg.per_channel, cfg.int8_io, keep))
 
 
 def _kept_in_float(cfg: ExportConfig) -> List[str]:

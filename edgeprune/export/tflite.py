@@ -1,6 +1,6 @@
-"""PyTorch -> ONNX -> TensorFlow SavedModel (onnx2tf) -> TFLite, in fp32, fp16, dynamic and int8.
+"""PyTorch -> ONNX -> TensorFlow/Keras model (onnx2tf, in memory) -> TFLite, in fp32, fp16, dynamic and int8.
 
-onnx2tf only builds the NHWC SavedModel; every .tflite is made here by TFLiteConverter, so
+onnx2tf only builds the NHWC Keras model; every .tflite is made here by TFLiteConverter, so
 int8 calibration uses the user's data set (the representative dataset) and nothing is ever
 downloaded: onnx2tf's sample-image download is replaced by the same data for the whole call.
 
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import onnx
@@ -74,29 +74,32 @@ def quiet_native() -> Iterator[None]:
             os.close(fd)
 
 
-def onnx_to_saved_model(onnx_path: Path, out_dir: Path, samples_nhwc: np.ndarray) -> Path:
-    """Convert an fp32 ONNX file to an NHWC SavedModel with onnx2tf, offline."""
+def onnx_to_keras(onnx_path: Path, work: Path, samples_nhwc: np.ndarray) -> Any:
+    """Convert an fp32 ONNX file to an NHWC Keras model with onnx2tf, offline, in memory.
+
+    The model is not written as a SavedModel: serializing onnx2tf's layers takes minutes on a
+    large net, while converting the in-memory model to TFLite takes seconds.
+    """
     tf = require_quiet("tensorflow")
     onnx2tf = require_quiet("onnx2tf")
     module = require_quiet("onnx2tf.onnx2tf")
-    saved = out_dir / "saved_model"
-    onnx_path = _without_maxpool_padding(onnx_path, out_dir)
+    onnx_path = _without_maxpool_padding(onnx_path, work)
     patched = lambda: samples_nhwc.astype(np.float32)  # noqa: E731  (no network, our data)
     original = module.download_test_image_data
     module.download_test_image_data = patched
     try:
         with _quiet(tf):
-            onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(saved),
-                            non_verbose=True, verbosity="error")
+            model = onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(work / "tf"),
+                                    disable_model_save=True, non_verbose=True, verbosity="error")
     except SystemExit as exc:  # onnx2tf exits the interpreter on conversion errors
         raise BadInputError(f"onnx2tf cannot convert the model (unsupported op?), exit {exc.code}") from None
     except Exception as exc:
         raise BadInputError(f"onnx2tf cannot convert the model: {_first_line(exc)}") from None
     finally:
         module.download_test_image_data = original
-    if not (saved / "saved_model.pb").is_file():
-        raise BadInputError("onnx2tf produced no SavedModel (unsupported op?)")
-    return saved
+    if model is None:
+        raise BadInputError("onnx2tf produced no model (unsupported op?)")
+    return model
 
 
 def _without_maxpool_padding(onnx_path: Path, out_dir: Path) -> Path:
@@ -109,12 +112,11 @@ def _without_maxpool_padding(onnx_path: Path, out_dir: Path) -> Path:
     return path
 
 
-def saved_model_to_tflite(saved: Path, precision: str, samples_nhwc: Optional[np.ndarray] = None,
-                          per_channel: bool = True, int8_io: bool = True,
-                          keep_float: Iterable[str] = ()) -> bytes:
-    """TFLite flatbuffer bytes of a SavedModel at fp32, fp16, dynamic or int8."""
+def keras_to_tflite(model: Any, precision: str, samples_nhwc: Optional[np.ndarray] = None,
+                    per_channel: bool = True, int8_io: bool = True, keep_float: Iterable[str] = ()) -> bytes:
+    """TFLite flatbuffer bytes of onnx2tf's Keras model at fp32, fp16, dynamic or int8."""
     tf = require_quiet("tensorflow")
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter = _converter(tf, model)
     converter._experimental_disable_per_channel = not per_channel
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -138,6 +140,16 @@ def saved_model_to_tflite(saved: Path, precision: str, samples_nhwc: Optional[np
             return converter.convert()
     except Exception as exc:
         raise BadInputError(f"TFLite conversion failed ({precision}): {_first_line(exc)}") from None
+
+
+def _converter(tf, model: Any):
+    """A TFLiteConverter over the model's concrete function (as onnx2tf builds it)."""
+    run = tf.function(lambda *inputs: model(inputs),
+                      input_signature=[tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs])
+    with _quiet(tf):
+        concrete = run.get_concrete_function()
+    # without the model as trackable_obj, TF freezes the function instead of re-saving the model
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
 
 
 def _selective_int8(tf, converter, samples_nhwc: np.ndarray, keep_float: List[str]) -> bytes:
