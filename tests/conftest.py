@@ -30,7 +30,7 @@ def mnist_train():
     return load_dataset("mnist", "train")
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 1200, env: dict | None = None):
     """Run the real `edgeprune` console script; returns the CompletedProcess."""
     exe = Path(sys.executable).with_name("edgeprune")
     full_env = {**os.environ, **(env or {})}
