@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import sys
-import tempfile
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
@@ -29,7 +29,6 @@ from edgeprune.errors import BadInputError
 from edgeprune.export.onnx import _first_line, edge_padded_maxpools, node_precisions, resolve_nodes
 
 WEIGHTED_TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-_SAMPLE_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
 def require_quiet(module: str) -> ModuleType:
@@ -254,9 +253,10 @@ def _interpreter(path: Path):
 
 @contextlib.contextmanager
 def _quiet(tf) -> Iterator[None]:
-    """Keep onnx2tf / TF chatter (Python and native) off the terminal."""
+    """Keep onnx2tf / TF chatter (Python warnings, logs and native output) off the terminal."""
     tf.get_logger().setLevel(logging.ERROR)
-    with quiet_native():
+    with quiet_native(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         yield
 
 
@@ -264,7 +264,3 @@ def nhwc(x_nchw: np.ndarray) -> np.ndarray:
     """NCHW -> NHWC, contiguous."""
     return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
 
-
-def workdir() -> tempfile.TemporaryDirectory:
-    """A scratch directory for the intermediate ONNX and SavedModel."""
-    return tempfile.TemporaryDirectory(prefix="edgeprune-tflite-", dir=os.environ.get("TMPDIR"))
