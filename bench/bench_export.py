@@ -1,10 +1,11 @@
 """Per zoo model: artifact size, host latency (onnxruntime and LiteRT, 1 thread, median of
 >= 50 runs) and top-1 agreement with PyTorch, fp32 vs int8. Prints a table, writes JSON.
 
-    python bench/bench_export.py [--models resnet20,vgg11] [--train-steps 12] [--runs 50]
+    python bench/bench_export.py [--models resnet20,vgg11] [--train-steps 100] [--runs 50]
 
-Weights: each model gets `--train-steps` Adam steps on built-in MNIST (0 = untrained), which
-is enough for size and latency, not for accuracy claims. Latency is a host number, not a device
+Weights: each model gets one epoch of the SDK's recipe over `--train-steps` batches of 32
+built-in MNIST images (0 = untrained): enough for size, latency and agreement, not for accuracy
+claims. Latency is a host number, not a device
 measurement: for a board, use `edgeprune profile --target`.
 """
 from __future__ import annotations
@@ -27,23 +28,17 @@ from _common import machine  # noqa: E402
 from edgeprune.data import load_dataset
 from edgeprune.export import ExportConfig, export_many, load_runner, verify
 from edgeprune.models import Checkpoint, create_model, list_models
+from edgeprune.train import TrainConfig, train
 
 OUT = Path(__file__).resolve().parent / "results" / "export.json"
 
 
 def brief_train(name: str, data, steps: int) -> Checkpoint:
-    """A zoo model after `steps` Adam steps (batch 32) on MNIST."""
+    """A zoo model after one epoch of the SDK's recipe over `steps` batches of 32 (0: untrained)."""
     torch.manual_seed(0)
     model = create_model(name)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.y), (32,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    if steps:
+        train(model, data.subset(steps * 32), TrainConfig(epochs=1, batch_size=32, lr=0.05, progress=False))
     meta = {"input_shape": [1, 28, 28], "num_classes": 10, "dataset": "mnist"}
     return Checkpoint(model=model.eval(), arch=name, metadata=meta)
 
@@ -84,7 +79,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(list_models()))
     p.add_argument("--formats", default="onnx,tflite")
-    p.add_argument("--train-steps", type=int, default=12)
+    p.add_argument("--train-steps", type=int, default=100)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--samples", type=int, default=500, help="verification samples per artifact")
     p.add_argument("--out", type=Path, default=OUT)

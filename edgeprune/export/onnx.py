@@ -46,7 +46,7 @@ def torch_to_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, opse
 
 
 def edge_padded_maxpools(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace MaxPool's implicit padding (pads, ceil_mode) by copies of the edge rows/columns.
+    """Replace MaxPool's implicit padding (pads, ceil_mode) by an edge Pad (copies of the edge).
 
     onnx2tf pads such pools with the float minimum, which int8 calibration then takes as the
     tensor's range (scale ~1e36: the model collapses). Every pooling window that touches the
@@ -68,7 +68,7 @@ def edge_padded_maxpools(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _edge_pad(node: onnx.NodeProto, shape: List[int], helper) -> List[onnx.NodeProto]:
-    """Slice/Concat nodes that pad the pool's input; the pool itself is set to no padding."""
+    """A Pad(mode="edge") node in front of the pool, which is then set to no padding."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return []
@@ -77,33 +77,25 @@ def _edge_pad(node: onnx.NodeProto, shape: List[int], helper) -> List[onnx.NodeP
     ceil = bool(attrs.get("ceil_mode", 0))
     if not ceil and not any(pads):
         return []
-    added, x = [], node.input[0]
+    ends = []
     for axis, (size, k, st, dil) in enumerate(zip(shape[2:], kernel, strides, dilations)):
         begin, end = pads[axis], pads[axis + 2]
         span = size + begin + end - dil * (k - 1) - 1
         out = (-(-span // st) if ceil else span // st) + 1
         if ceil and (out - 1) * st >= size + begin:  # PyTorch: the last window starts inside
             out -= 1
-        end = (out - 1) * st + dil * (k - 1) + 1 - size - begin
-        for count, edge, first in ((begin, [0, 1], True), (end, [-1, size + begin], False)):
-            if count <= 0:
-                continue
-            name = f"{node.name or node.output[0]}_edge{axis}{'b' if first else 'e'}"
-            consts = [helper.make_tensor(f"{name}_{c}", onnx.TensorProto.INT64, [1], [v])
-                      for c, v in (("starts", edge[0]), ("ends", edge[1]), ("axes", axis + 2))]
-            added.append(helper.make_node("Constant", [], [f"{name}_s"], value=consts[0]))
-            added.append(helper.make_node("Constant", [], [f"{name}_e"], value=consts[1]))
-            added.append(helper.make_node("Constant", [], [f"{name}_a"], value=consts[2]))
-            added.append(helper.make_node("Slice", [x, f"{name}_s", f"{name}_e", f"{name}_a"], [f"{name}_row"]))
-            parts = [f"{name}_row"] * count
-            parts = parts + [x] if first else [x] + parts
-            added.append(helper.make_node("Concat", parts, [f"{name}_out"], axis=axis + 2))
-            x = f"{name}_out"
-    node.input[0] = x
+        ends.append(max(0, (out - 1) * st + dil * (k - 1) + 1 - size - begin))
     kept = [a for a in node.attribute if a.name not in ("pads", "ceil_mode")]
     del node.attribute[:]
     node.attribute.extend(kept)
-    return added
+    if not any(pads[:2]) and not any(ends):
+        return []
+    name = f"{node.name or node.output[0]}_edge_pad"
+    amounts = helper.make_tensor(f"{name}_pads", onnx.TensorProto.INT64, [8], [0, 0, *pads[:2], 0, 0, *ends])
+    const = helper.make_node("Constant", [], [f"{name}_pads"], value=amounts)
+    pad = helper.make_node("Pad", [node.input[0], f"{name}_pads"], [f"{name}_out"], mode="edge")
+    node.input[0] = f"{name}_out"
+    return [const, pad]
 
 
 def check_onnx(path: Path) -> onnx.ModelProto:
