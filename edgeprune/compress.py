@@ -27,10 +27,13 @@ from edgeprune.data import LabeledData, load_dataset
 from edgeprune.errors import BadInputError
 from edgeprune.models import Checkpoint, load_model, save_checkpoint
 from edgeprune.policies import AdaptiveConfig, make_policy, parse_budget, prune_by_threshold, search
+from edgeprune.policies.latency_model import AIM_MARGIN, LatencyModel
 from edgeprune.policies.search import LoopState, Row
 from edgeprune.train import evaluate, finetune, recalibrate_bn
 
 PRECISIONS = ("fp32", "fp16", "int8")
+PROBE_MACS = 0.15      # the latency probe's share of the MACs: near where 0.5x budgets land
+MAX_THRESHOLD = 4.0    # top of the threshold bisection (normalized attention)
 
 
 @dataclass
@@ -175,30 +178,73 @@ def _baseline_row(job: _Job) -> Row:
     job.log(f"baseline: measuring {job.ckpt.arch} on {job.target.name} ({job.fmt} {job.cfg.precision})")
     model = job.ckpt.model
     _save_state(job, 0, model)
-    guess = _first_guess(job) if job.cfg.first_guess else 0.0
+    guess = _first_guess(job) if job.cfg.first_guess and not _aims(job) else 0.0
     step = max(job.cfg.adaptive.step, guess / 2)  # a proxy that asks for deep pruning takes big steps
     row = _measure_row(job, 0, model, parent=None, threshold=0.0)
     # the first candidate lands on the guess: T0 + λ = guess
     row.update(step=step, good=True, met_budget=False, threshold=max(0.0, guess - step))
+    if _aims(job):
+        row["probes"] = [_probe(job)]
     _append_history(job, row)
     return row
+
+
+def _aims(job: _Job) -> bool:
+    return job.cfg.first_guess and job.cfg.policy_obj.budget.kind in ("latency_ms", "latency_ratio")
+
+
+def _probe(job: _Job) -> Dict[str, Any]:
+    """A second measured point for the latency curve: the network pruned the way candidates
+    are, to PROBE_MACS of its MACs, untrained (latency depends on shapes, not weights)."""
+    base = analyze(job.ckpt.model, job.ckpt.input_shape).macs
+    trial = copy.deepcopy(job.ckpt.model)
+    threshold = _threshold_for(job, trial, PROBE_MACS * base, "macs")
+    prune_by_threshold(trial, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
+    artifact = export_for(job, trial, job.out / "candidates" / f"probe.{job.fmt}")
+    m = job.target.measure(artifact, runs=job.cfg.runs, threads=job.cfg.threads)
+    macs = analyze(trial, job.ckpt.input_shape).macs
+    job.log(f"latency probe at {macs / base:.0%} of the MACs: p50 {m.p50_ms:.3f} ms [{m.source}]")
+    return {"macs": macs, "p50_ms": m.p50_ms, "source": m.source, "measurement": m.to_dict()}
 
 
 def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
     """Prune the current state at T + λ, fine-tune, evaluate, export and measure it."""
     iteration = len(rows)
-    threshold = loop.threshold + loop.step
     parent = loop.state["iteration"]
     model = _load_state(job, parent)
+    aimed = _aimed_threshold(job, rows, loop, model)  # on this state's renormalized scores
+    threshold = aimed if aimed > 0 else loop.threshold + loop.step
     removed = prune_by_threshold(model, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
     recalibrate_bn(model, job.train)
     a = job.cfg.adaptive
     finetune(model, job.train.subset(a.finetune_samples), a.finetune_epochs, a.finetune_lr,
-             seed=a.seed + iteration, progress=job.progress)
+             seed=a.seed + iteration, progress=job.progress, teacher=job.ckpt.model, distill=a.distill)
     _save_state(job, iteration, model)
     row = _measure_row(job, iteration, model, parent, threshold)
-    row.update(step=loop.step, removed_channels=removed)
+    row.update(step=loop.step, removed_channels=removed, aimed=aimed > 0)
     return row
+
+
+def _aimed_threshold(job: _Job, rows: List[Row], loop: LoopState, model) -> float:
+    """Latency budgets, until the first accuracy miss: the threshold that takes `model` to the
+    MACs the curve through the measurements so far puts at the budget (with a margin). After a
+    miss the loop is the paper's: roll back and halve the step. 0.0 when not aiming, and the
+    loop then takes T + λ."""
+    if not _aims(job) or loop.resets:
+        return 0.0
+    line = LatencyModel.fit(_measured_points(rows))
+    if line is None:
+        return 0.0
+    goal = line.macs_for(AIM_MARGIN * job.cfg.policy_obj.budget.limit(rows[0]))
+    threshold = _threshold_for(job, model, goal, "macs")
+    job.log(f"{line.describe()}; aiming at {goal / 1e6:.2f} MMACs, T={threshold:.3f} (a prediction)")
+    return threshold
+
+
+def _measured_points(rows: List[Row]) -> List[tuple]:
+    """(MACs, p50) of every measured row and probe; proxies never enter the fit."""
+    seen = [*rows, *rows[0].get("probes", [])]
+    return [(r["macs"], r["p50_ms"]) for r in seen if r.get("source") in ("device", "emulated") and r.get("p50_ms")]
 
 
 def _measure_row(job: _Job, iteration: int, model, parent: Optional[int], threshold: float) -> Row:
@@ -238,14 +284,21 @@ def _first_guess(job: _Job) -> float:
         goal, key = budget.value * base.macs, "macs"
     else:
         goal, key = budget.value / max(base.model_bytes[job.cfg.precision], 1) * base.params, "params"
-    lo, hi = 0.0, 4.0
-    for _ in range(7):  # bisection on a scratch copy, no fine-tuning
+    threshold = _threshold_for(job, job.ckpt.model, goal, key)
+    job.log(f"first guess (FLOPs proxy, not a measurement): threshold {threshold:.3f} for {budget.text}")
+    return threshold
+
+
+def _threshold_for(job: _Job, model, goal: float, key: str) -> float:
+    """Bisection on scratch copies (no fine-tuning): the smallest threshold whose pruned
+    `key` (macs or params) is at most `goal`; the search range's top when none reaches it."""
+    lo, hi = 0.0, MAX_THRESHOLD
+    for _ in range(7):
         mid = (lo + hi) / 2
-        trial = copy.deepcopy(job.ckpt.model)
+        trial = copy.deepcopy(model)
         prune_by_threshold(trial, mid, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
         size = getattr(analyze(trial, job.ckpt.input_shape), key)
         lo, hi = (lo, mid) if size <= goal else (mid, hi)
-    job.log(f"first guess (FLOPs proxy, not a measurement): threshold {hi:.3f} for {budget.text}")
     return hi
 
 

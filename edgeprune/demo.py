@@ -93,6 +93,6 @@ def run_demo(out_dir: str | Path = "demo-out", epochs: int = DEMO_EPOCHS) -> Dic
         shutil.rmtree(out)
     with demo_target() as target:
         cfg = CompressConfig(policy="latency", budget="0.5x", precision="int8",
-                             adaptive=AdaptiveConfig(max_iterations=4, finetune_epochs=1, finetune_samples=3000))
+                             adaptive=AdaptiveConfig(max_iterations=4, finetune_epochs=2, finetune_samples=4000))
         log(f"compressing on {target.name}: latency budget 0.5x of the measured baseline, int8")
         return compress(model, target, cfg, out)

@@ -26,15 +26,18 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     shift: int = 2          # random translation in pixels; 0 disables augmentation
+    distill: float = 0.0    # weight of the teacher's soft targets (needs a teacher); 0 disables
+    temperature: float = 4.0
     seed: int = 0
     threads: Optional[int] = None
     progress: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.distill <= 1:
             raise BadInputError(
-                f"bad training settings: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+                f"bad training settings: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}, "
+                f"distill={self.distill}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,8 +50,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(model: nn.Module, data: LabeledData, cfg: TrainConfig) -> Dict[str, float]:
-    """Train in place; returns the last epoch's mean loss and the wall time."""
+def train(model: nn.Module, data: LabeledData, cfg: TrainConfig,
+          teacher: Optional[nn.Module] = None) -> Dict[str, float]:
+    """Train in place; returns the last epoch's mean loss and the wall time.
+
+    With a `teacher` and `cfg.distill` > 0 the loss mixes in the teacher's softened outputs
+    (Hinton et al.): how a pruned net recovers what the unpruned one knew.
+    """
     _check_data(model, data)
     seed_everything(cfg.seed)
     if cfg.threads:
@@ -62,24 +70,32 @@ def train(model: nn.Module, data: LabeledData, cfg: TrainConfig) -> Dict[str, fl
                                                 steps_per_epoch=len(loader))
     start, loss = time.time(), float("nan")
     for epoch in range(cfg.epochs):
-        loss = _epoch(model, loader, opt, sched, cfg, f"epoch {epoch + 1}/{cfg.epochs}")
+        loss = _epoch(model, loader, opt, sched, cfg, f"epoch {epoch + 1}/{cfg.epochs}", teacher)
     model.eval()
     return {"loss": loss, "seconds": time.time() - start}
 
 
 def finetune(model: nn.Module, data: LabeledData, epochs: int = 1, lr: float = 0.01,
-             seed: int = 0, progress: bool = True) -> Dict[str, float]:
-    """Short recovery training after pruning: a smaller learning rate, same recipe."""
-    return train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress))
+             seed: int = 0, progress: bool = True, teacher: Optional[nn.Module] = None,
+             distill: float = 0.0) -> Dict[str, float]:
+    """Short recovery training after pruning: a smaller learning rate, same recipe, and
+    optionally the unpruned model as a teacher."""
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, distill=distill if teacher else 0.0)
+    return train(model, data, cfg, teacher)
 
 
-def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str) -> float:
+def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str, teacher: Optional[nn.Module]) -> float:
     model.train()
+    if teacher is not None:
+        teacher.eval()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, file=sys.stderr, disable=not cfg.progress, leave=False)
     for x, y in bar:
         x = random_shift(x, cfg.shift)
-        loss = nn.functional.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        if teacher is not None and cfg.distill > 0:
+            loss = (1 - cfg.distill) * loss + cfg.distill * _soft_loss(logits, teacher, x, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -87,6 +103,12 @@ def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str) -> float:
         total, count = total + loss.item() * len(y), count + len(y)
         bar.set_postfix(loss=f"{total / count:.3f}")
     return total / max(count, 1)
+
+
+def _soft_loss(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, t: float) -> torch.Tensor:
+    with torch.no_grad():
+        soft = nn.functional.softmax(teacher(x) / t, dim=1)
+    return nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t * t
 
 
 @torch.no_grad()

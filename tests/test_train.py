@@ -41,3 +41,28 @@ def test_wrong_input_shape_is_a_clear_error(mnist_test):
     model = create_model("resnet20", in_channels=3)
     with pytest.raises(BadInputError, match="does not fit the model"):
         evaluate(model, mnist_test)
+
+
+def test_distillation_pulls_the_student_toward_its_teacher(mnist_train):
+    """With distill=1 the labels are ignored: a student trained on wrong labels still learns
+    to agree with a teacher that knows the right ones."""
+    torch.manual_seed(0)
+    teacher = create_model("vgg11", width=0.125)
+    train(teacher, mnist_train.subset(1500), TrainConfig(epochs=2, batch_size=32, lr=0.05, progress=False))
+    data = mnist_train.subset(1500)
+    wrong = type(data)(data.x, (data.y + 1) % 10, data.num_classes, data.name)
+    agreement = {}
+    for distill in (0.0, 1.0):
+        torch.manual_seed(1)
+        student = create_model("vgg11", width=0.125)
+        cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, distill=distill, progress=False)
+        train(student, wrong, cfg, teacher=teacher)
+        with torch.no_grad():
+            x = mnist_train.x[-500:]
+            agreement[distill] = (student(x).argmax(1) == teacher(x).argmax(1)).float().mean().item()
+    assert agreement[1.0] > 0.8 and agreement[0.0] < 0.3
+
+
+def test_distill_weight_outside_0_1_is_rejected():
+    with pytest.raises(BadInputError, match="distill"):
+        TrainConfig(distill=1.5)

@@ -15,10 +15,11 @@ def register(sub) -> None:
                    help="accuracy drop allowed, points (accuracy policy: default 0; others: guard, default 1)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
     p.add_argument("--data", default="mnist")
-    p.add_argument("--max-iterations", type=int, default=10)
-    p.add_argument("--step", type=float, default=0.15, help="λ: threshold increase per iteration")
-    p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--finetune-samples", type=int, default=8000, help="training images per fine-tune")
+    p.add_argument("--max-iterations", type=int, help="candidates tried at most (default 10)")
+    p.add_argument("--step", type=float, help="λ: threshold increase per iteration (default 0.15)")
+    p.add_argument("--finetune-epochs", type=int, help="recovery epochs per candidate (default 3)")
+    p.add_argument("--finetune-samples", type=int, help="training images per fine-tune (default 8000)")
+    p.add_argument("--distill", type=float, help="weight of the unpruned model's soft targets (default 0.5)")
     p.add_argument("--runs", type=int, default=None, help="counted runs per measurement (default: protocol)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
@@ -35,15 +36,19 @@ def run(args) -> int:
     target = load_target(args.profile or args.target)
     cfg = CompressConfig(policy=args.policy, budget=args.budget, tolerance=args.tolerance,
                          precision=args.precision, data=args.data, runs=args.runs,
-                         adaptive=AdaptiveConfig(max_iterations=args.max_iterations, seed=args.seed,
-                                                 step=args.step, finetune_epochs=args.finetune_epochs,
-                                                 finetune_samples=args.finetune_samples))
+                         adaptive=AdaptiveConfig(seed=args.seed, **_adaptive_overrides(args)))
     result = compress(args.model, target, cfg, args.out, resume=args.resume)
     if args.json:
         emit_json(result)
     else:
         print_summary(result, args.out)
     return 0 if result["met"] else 1
+
+
+def _adaptive_overrides(args) -> dict:
+    """The adaptive settings given on the command line; the rest keep AdaptiveConfig's defaults."""
+    names = ("max_iterations", "step", "finetune_epochs", "finetune_samples", "distill")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def print_summary(result: dict, out: str) -> None:

@@ -33,6 +33,7 @@ class AdaptiveConfig:
         max_layer_fraction: no group loses more than this fraction of its channels at once.
         min_channels: no group goes below this many channels (and round_to).
         finetune_epochs, finetune_samples, finetune_lr: recovery training per candidate.
+        distill: weight of the unpruned model's soft targets during that training (0: none).
         scale_by: a group's share of "params" (the paper; memory) or of "macs" (latency)
             scales its threshold.
     """
@@ -41,12 +42,13 @@ class AdaptiveConfig:
     step: float = 0.15
     max_resets: int = 4
     max_iterations: int = 10
-    max_layer_fraction: float = 0.5
+    max_layer_fraction: float = 0.75
     min_channels: int = 2
     round_to: int = 1
-    finetune_epochs: int = 2
+    finetune_epochs: int = 3
     finetune_samples: int = 8000
-    finetune_lr: float = 0.02
+    finetune_lr: float = 0.05
+    distill: float = 0.5
     calibration_samples: int = 256
     scale_by: str = "params"
     seed: int = 0
