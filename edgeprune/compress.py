@@ -221,7 +221,9 @@ def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
              seed=a.seed + iteration, progress=job.progress, teacher=job.ckpt.model, distill=a.distill)
     _save_state(job, iteration, model)
     row = _measure_row(job, iteration, model, parent, threshold)
-    row.update(step=loop.step, removed_channels=removed, aimed=aimed > 0)
+    # an aimed step that fails is halved like λ: the next try goes half as far
+    step = threshold - loop.threshold if aimed > loop.threshold else loop.step
+    row.update(step=step, removed_channels=removed, aimed=aimed > 0)
     return row
 
 

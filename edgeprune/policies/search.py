@@ -94,9 +94,9 @@ def advance(loop: LoopState, row: Row, policy: Policy, baseline: Row) -> None:
     loop.iterations += 1
     if row["good"]:
         loop.state, loop.threshold = row, row["threshold"]
-    else:
+    else:  # halve the step that failed (an aimed one can be longer than λ)
         loop.resets += 1
-        loop.step /= 2
+        loop.step = row.get("step", loop.step) / 2
 
 
 def finished(loop: LoopState, policy: Policy, baseline: Row, max_iterations: int, max_resets: int) -> bool:
