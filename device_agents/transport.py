@@ -15,9 +15,9 @@ import collections
 import queue
 import shlex
 import threading
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-import time
 from typing import Callable, Optional, Sequence, TypeVar
 
 from edgeprune.errors import TargetUnreachableError

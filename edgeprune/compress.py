@@ -178,13 +178,13 @@ def _baseline_row(job: _Job) -> Row:
     job.log(f"baseline: measuring {job.ckpt.arch} on {job.target.name} ({job.fmt} {job.cfg.precision})")
     model = job.ckpt.model
     _save_state(job, 0, model)
-    guess = _first_guess(job) if job.cfg.first_guess and not _aims(job) else 0.0
+    guess = _first_guess(job) if job.cfg.first_guess else 0.0
     step = max(job.cfg.adaptive.step, guess / 2)  # a proxy that asks for deep pruning takes big steps
     row = _measure_row(job, 0, model, parent=None, threshold=0.0)
     # the first candidate lands on the guess: T0 + λ = guess
     row.update(step=step, good=True, met_budget=False, threshold=max(0.0, guess - step))
     if _aims(job):
-        row["probes"] = [_probe(job)]
+        row["probes"] = [_probe(job, row["macs"])]
     _append_history(job, row)
     return row
 
@@ -193,10 +193,9 @@ def _aims(job: _Job) -> bool:
     return job.cfg.first_guess and job.cfg.policy_obj.budget.kind in ("latency_ms", "latency_ratio")
 
 
-def _probe(job: _Job) -> Dict[str, Any]:
+def _probe(job: _Job, base: int) -> Dict[str, Any]:
     """A second measured point for the latency curve: the network pruned the way candidates
-    are, to PROBE_MACS of its MACs, untrained (latency depends on shapes, not weights)."""
-    base = analyze(job.ckpt.model, job.ckpt.input_shape).macs
+    are, to PROBE_MACS of its `base` MACs, untrained (latency depends on shapes, not weights)."""
     trial = copy.deepcopy(job.ckpt.model)
     threshold = _threshold_for(job, trial, PROBE_MACS * base, "macs")
     prune_by_threshold(trial, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
@@ -208,7 +207,8 @@ def _probe(job: _Job) -> Dict[str, Any]:
 
 
 def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
-    """Prune the current state at T + λ, fine-tune, evaluate, export and measure it."""
+    """Prune the current state at T + λ (or at the aimed threshold), fine-tune, evaluate, export
+    and measure it."""
     iteration = len(rows)
     parent = loop.state["iteration"]
     model = _load_state(job, parent)
@@ -234,12 +234,12 @@ def _aimed_threshold(job: _Job, rows: List[Row], loop: LoopState, model) -> floa
     loop then takes T + λ."""
     if not _aims(job) or loop.resets:
         return 0.0
-    line = LatencyModel.fit(_measured_points(rows))
-    if line is None:
+    curve = LatencyModel.fit(_measured_points(rows))
+    if curve is None:
         return 0.0
-    goal = line.macs_for(AIM_MARGIN * job.cfg.policy_obj.budget.limit(rows[0]))
+    goal = curve.macs_for(AIM_MARGIN * job.cfg.policy_obj.budget.limit(rows[0]))
     threshold = _threshold_for(job, model, goal, "macs")
-    job.log(f"{line.describe()}; aiming at {goal / 1e6:.2f} MMACs, T={threshold:.3f} (a prediction)")
+    job.log(f"{curve.describe()}; aiming at {goal / 1e6:.2f} MMACs, T={threshold:.3f} (a prediction)")
     return threshold
 
 
@@ -274,19 +274,16 @@ def export_for(job: _Job, model, artifact: Path, precision: Optional[str] = None
 
 
 def _first_guess(job: _Job) -> float:
-    """FLOPs proxy: the threshold whose pruned MACs (or params) match the budget ratio.
-
-    Only a starting point: every candidate is then judged by measurement on the target.
+    """Size budgets, a parameter-count proxy: the threshold whose pruned params match the
+    budget's share of the model bytes. Only a starting point: every candidate is then judged by
+    measurement. (Latency budgets start from a measured probe instead: see _probe.)
     """
     budget = job.cfg.policy_obj.budget
-    if budget.kind not in ("latency_ratio", "size_bytes"):
+    if budget.kind != "size_bytes":
         return 0.0
     base = analyze(job.ckpt.model, job.ckpt.input_shape)
-    if budget.kind == "latency_ratio":
-        goal, key = budget.value * base.macs, "macs"
-    else:
-        goal, key = budget.value / max(base.model_bytes[job.cfg.precision], 1) * base.params, "params"
-    threshold = _threshold_for(job, job.ckpt.model, goal, key)
+    goal = budget.value / max(base.model_bytes[job.cfg.precision], 1) * base.params
+    threshold = _threshold_for(job, job.ckpt.model, goal, "params")
     job.log(f"first guess (FLOPs proxy, not a measurement): threshold {threshold:.3f} for {budget.text}")
     return threshold
 

@@ -80,7 +80,7 @@ def finetune(model: nn.Module, data: LabeledData, epochs: int = 1, lr: float = 0
              distill: float = 0.0) -> Dict[str, float]:
     """Short recovery training after pruning: a smaller learning rate, same recipe, and
     optionally the unpruned model as a teacher."""
-    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, distill=distill if teacher else 0.0)
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, distill=distill)
     return train(model, data, cfg, teacher)
 
 
