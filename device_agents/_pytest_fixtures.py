@@ -28,11 +28,12 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny ONNX (NCHW) and TFLite (NHWC) CNN, a corrupt file, and a memory hog."""
+    """A tiny ONNX (NCHW) and TFLite (NHWC, fp32 and int8) CNN, a corrupt file, and a memory hog."""
     d = tmp_path_factory.mktemp("artifacts")
     corrupt = d / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07this is not a protobuf model" * 10)
     return {"onnx": testing.tiny_onnx(d / "tiny.onnx"), "tflite": testing.tiny_tflite(d / "tiny.tflite"),
+            "tflite_int8": testing.tiny_tflite(d / "tiny-int8.tflite", int8=True),
             "corrupt": corrupt, "hog": testing.memory_hog_onnx(d / "hog.onnx", megabytes=600)}
 
 

@@ -23,7 +23,9 @@ Operations:
             pay for interpreter start-up and imports; `--prewarm RUNTIME` on the command line
             starts the first one at once.
     infer   {"sha256", "ext", "runtime", "threads", "inputs": [base64 .npy]} -> "outputs".
-            Inputs are NCHW; when the model wants NHWC they are transposed.
+            Inputs are NCHW; when the model wants NHWC they are transposed. Float inputs
+            to an int8 input are quantized, and int8 outputs dequantized, with the tensor's
+            scale and zero point, so the caller sends and gets floats whatever the precision.
     bye     ends the agent.
 
 Error types: ProtocolMismatch, BadRequest, NotFound, ChecksumMismatch, NoRuntime, BadModel,
@@ -342,6 +344,13 @@ class OrtRunner(object):
     def run(self, arrays):
         return self.sess.run(None, dict(zip(self.names, arrays)))
 
+    def to_model(self, arrays):
+        """The inputs in the model's dtypes."""
+        return [a.astype(spec[1], copy=False) for a, spec in zip(arrays, self.input_specs())]
+
+    def to_float(self, outputs):
+        return outputs
+
 
 def _ort_dtype(type_str, np):
     table = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -382,6 +391,30 @@ class TfliteRunner(object):
         self.interp.invoke()
         return [self.interp.get_tensor(d["index"]) for d in self.outputs]
 
+    def to_model(self, arrays):
+        """The inputs in the model's dtypes; float data for an int8 input is quantized with its scale."""
+        import numpy as np
+        result = []
+        for detail, arr in zip(self.inputs, arrays):
+            dtype = np.dtype(detail["dtype"])
+            scale, zero = detail.get("quantization", (0.0, 0))
+            if np.issubdtype(dtype, np.integer) and np.issubdtype(arr.dtype, np.floating) and scale:
+                info = np.iinfo(dtype)
+                arr = np.clip(np.round(arr / scale + zero), info.min, info.max)
+            result.append(arr.astype(dtype, copy=False))
+        return result
+
+    def to_float(self, outputs):
+        """Outputs as float32; an int8 output is dequantized with its scale and zero point."""
+        import numpy as np
+        result = []
+        for detail, out in zip(self.outputs, outputs):
+            scale, zero = detail.get("quantization", (0.0, 0))
+            if np.issubdtype(out.dtype, np.integer) and scale:
+                out = ((out.astype(np.float32) - zero) * scale).astype(np.float32)
+            result.append(out)
+        return result
+
 
 def _load_error(exc, path):
     """Map a runtime's load failure to OutOfMemory or BadModel."""
@@ -417,30 +450,31 @@ def _fits(shape, spec):
     return len(shape) == len(spec) and all(s is None or s == d for d, s in zip(shape, spec))
 
 
-def arrange_input(arr, spec_shape, dtype):
-    """Return `arr` (NCHW) as the model wants it: unchanged, or transposed to NHWC."""
+def arrange_input(arr, spec_shape):
+    """Return `arr` (NCHW) in the model's layout: unchanged, or transposed to NHWC."""
     import numpy as np
     arr = np.asarray(arr)
     batchless = [None] + list(spec_shape[1:])
     if _fits(arr.shape, batchless):
-        return arr.astype(dtype, copy=False)
+        return arr
     if arr.ndim == 4 and _fits(np.transpose(arr, (0, 2, 3, 1)).shape, batchless):
-        return np.ascontiguousarray(np.transpose(arr, (0, 2, 3, 1))).astype(dtype, copy=False)
+        return np.ascontiguousarray(np.transpose(arr, (0, 2, 3, 1)))
     want = ["?" if s is None else s for s in spec_shape]
     raise AgentError("BadInput", "input shape %s does not match the model's input %s (NCHW or NHWC)"
                      % (list(arr.shape), want))
 
 
 def run_batch(runner, arrays):
-    """Run inputs of any batch size, one sample at a time when the model's batch is fixed."""
+    """Run float inputs of any batch size (one sample at a time when the model's batch is fixed);
+    float outputs. int8 inputs and outputs are (de)quantized with the tensors' own parameters."""
     import numpy as np
     specs = runner.input_specs()
-    arranged = [arrange_input(a, s[0], s[1]) for a, s in zip(arrays, specs)]
+    arranged = runner.to_model([arrange_input(a, s[0]) for a, s in zip(arrays, specs)])
     batch = arranged[0].shape[0]
     fixed = specs[0][0][0]
     if fixed is None or fixed == batch:
-        return runner.run(arranged)
-    parts = [runner.run([a[i:i + 1] for a in arranged]) for i in range(batch)]
+        return runner.to_float(runner.run(arranged))
+    parts = [runner.to_float(runner.run([a[i:i + 1] for a in arranged])) for i in range(batch)]
     return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(parts[0]))]
 
 

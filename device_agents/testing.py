@@ -55,8 +55,9 @@ def tiny_onnx(path: Path, channels: int = 16) -> Path:
     return path
 
 
-def tiny_tflite(path: Path, channels: int = 16) -> Path:
-    """A small NHWC CNN (1x28x28x1 -> 10) converted with TensorFlow's TFLiteConverter."""
+def tiny_tflite(path: Path, channels: int = 16, int8: bool = False) -> Path:
+    """A small NHWC CNN (1x28x28x1 -> 10) converted with TensorFlow's TFLiteConverter;
+    `int8`: full-integer, with int8 input and output tensors, calibrated on random data."""
     import tensorflow as tf
     rng = np.random.default_rng(0)
     w1 = tf.constant(rng.standard_normal((3, 3, 1, channels)).astype(np.float32) * 0.3)
@@ -70,6 +71,12 @@ def tiny_tflite(path: Path, channels: int = 16) -> Path:
         return tf.matmul(tf.reduce_mean(h, axis=[1, 2]), w3)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
+    if int8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([rng.standard_normal((1, 28, 28, 1)).astype(np.float32)]
+                                                    for _ in range(16))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
     path.write_bytes(converter.convert())
     return path
 

@@ -62,6 +62,17 @@ def test_infer_transposes_nchw_for_nhwc_tflite(any_target, artifacts):
     np.testing.assert_allclose(out, np.concatenate(ref), rtol=1e-4, atol=1e-5)
 
 
+def test_infer_int8_io_tflite_takes_and_returns_floats(any_target, artifacts):
+    """Float inputs are quantized and int8 outputs dequantized on the device, as the host runner does."""
+    from edgeprune.export.runtime import load_runner
+    batch = np.random.default_rng(3).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    out = any_target.infer(artifacts["tflite_int8"], batch)
+    assert out.dtype == np.float32 and out.shape == (4, 10)
+    np.testing.assert_allclose(out, load_runner(artifacts["tflite_int8"]).run(batch), atol=1e-6)
+    fp32 = any_target.infer(artifacts["tflite"], batch)
+    assert np.abs(out - fp32).max() < 0.1 * np.abs(fp32).max()
+
+
 def test_wrong_input_shape_is_a_clear_error(any_target, artifacts):
     with pytest.raises(BadInputError, match="does not match the model's input"):
         any_target.infer(artifacts["onnx"], np.zeros((1, 3, 32, 32), np.float32))
