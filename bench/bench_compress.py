@@ -4,7 +4,9 @@ For each model (trained on the built-in MNIST) and target:
   (a) uniform L1 pruning of every layer, ratio tuned by proxy to 0.5x MACs;
   (b) torch-pruning's global magnitude pruning, tuned by proxy to the same MACs;
   (c) edgeprune's latency-sensitive policy, judged by measurement on the target.
-(a) and (b) get the same fine-tuning as one (c) candidate, then are measured the same way.
+(a) and (b) get the same fine-tuning as one (c) candidate (with the same distillation from the
+unpruned model), then are exported and benched interleaved with the baseline artifact, as
+compress judges (c): each ratio is against the baseline measured in the same window.
 Also: the accuracy-critical policy on ResNet-56 (parameter and MAC reduction at 0 drop).
 
     python bench/bench_compress.py [--models resnet20,mobilenet_v2] [--targets x86-ort,emu-rpi4]
@@ -25,7 +27,7 @@ import torch_pruning as tp  # noqa: E402
 
 from _common import machine, print_table, write_json  # noqa: E402
 from edgeprune.analysis import analyze  # noqa: E402
-from edgeprune.compress import CompressConfig, compress  # noqa: E402
+from edgeprune.compress import AB_ROUNDS, CompressConfig, compress  # noqa: E402
 from edgeprune.data import load_dataset  # noqa: E402
 from edgeprune.export import export_artifact  # noqa: E402
 from edgeprune.models import Checkpoint, create_model, save_checkpoint  # noqa: E402
@@ -86,38 +88,43 @@ def tp_global(ckpt: Checkpoint, goal: float):
     return tune(make, goal)
 
 
-def measure_row(name, model, ckpt, target, baseline_p50, seconds, workdir, precision):
+def measure_row(name, model, ckpt, target, baseline_artifact, seconds, workdir, precision):
+    """Export, then bench interleaved with the baseline artifact, as compress judges (c)."""
     test = load_dataset("mnist", "test")
-    suffix = "tflite" if target.runtime == "tflite" else "onnx"
-    art = export_artifact(Checkpoint(model, ckpt.arch, {}, {}, ckpt.metadata), workdir / f"{name}.{suffix}",
+    art = export_artifact(Checkpoint(model, ckpt.arch, {}, {}, ckpt.metadata),
+                          workdir / f"{name.split()[0].strip('()')}{baseline_artifact.suffix}",
                           precision=precision, data=load_dataset("mnist", "train").subset(256))
-    m = target.measure(art)
-    return {"method": name, "accuracy": evaluate(model, test)["top1"], "p50_ms": m.p50_ms,
-            "source": m.source, "runtime": m.runtime, "macs": macs(model),
+    c = target.compare(baseline_artifact, art, rounds=AB_ROUNDS)
+    return {"method": name, "accuracy": evaluate(model, test)["top1"], "p50_ms": c.b.p50_ms,
+            "ratio": c.b.p50_ms / c.a.p50_ms, "source": c.b.source, "runtime": c.b.runtime, "macs": macs(model),
             "params": sum(p.numel() for p in model.parameters()), "wall_s": round(seconds, 1),
-            "met": baseline_p50 is not None and m.p50_ms <= 0.5 * baseline_p50}
+            "met": c.b.p50_ms <= 0.5 * c.a.p50_ms}
 
 
 def run_model_target(arch, ckpt, target, workdir, precision):
     rows = []
     t = time.time()
     cfg = CompressConfig(policy="latency", budget="0.5x", precision=precision)
-    result = compress(workdir / f"{arch}.pt", target, cfg, workdir / f"out-{arch}-{target.name}", progress=False)
+    out = workdir / f"out-{arch}-{target.name}"
+    result = compress(workdir / f"{arch}.pt", target, cfg, out, progress=False)
     base_m, final_m = result["baseline"]["measurement"], result["final"]["measurement"]
     base_p50 = base_m["latency_ms"]["p50"]
-    rows.append({"method": "baseline", "accuracy": result["baseline"]["accuracy"], "p50_ms": base_p50,
+    rows.append({"method": "baseline", "accuracy": result["baseline"]["accuracy"], "p50_ms": base_p50, "ratio": 1.0,
                  "source": base_m["source"], "runtime": base_m["runtime"], "macs": result["baseline"]["macs"],
                  "params": result["baseline"]["params"], "wall_s": 0.0, "met": None})
+    baseline_artifact = out / "candidates" / f"iter-000.{'tflite' if target.runtime == 'tflite' else 'onnx'}"
     goal = 0.5 * result["baseline"]["macs"]
     train_set = load_dataset("mnist", "train")
     a = AdaptiveConfig()
     for name, method in (("(a) uniform L1", uniform_l1), ("(b) torch-pruning global", tp_global)):
         t0 = time.time()
         _, model = method(ckpt, goal)
-        finetune(model, train_set.subset(a.finetune_samples), a.finetune_epochs, a.finetune_lr, progress=False)
-        rows.append(measure_row(name, model, ckpt, target, base_p50, time.time() - t0, workdir, precision))
+        finetune(model, train_set.subset(a.finetune_samples), a.finetune_epochs, a.finetune_lr, progress=False,
+                 teacher=ckpt.model, distill=a.distill)
+        rows.append(measure_row(name, model, ckpt, target, baseline_artifact, time.time() - t0, workdir, precision))
     rows.append({"method": "(c) latency policy", "accuracy": result["final"]["accuracy"],
-                 "p50_ms": final_m["latency_ms"]["p50"], "source": final_m["source"], "runtime": final_m["runtime"],
+                 "p50_ms": final_m["latency_ms"]["p50"], "ratio": final_m["latency_ms"]["p50"] / base_p50,
+                 "source": final_m["source"], "runtime": final_m["runtime"],
                  "macs": result["final"]["macs"], "params": result["final"]["params"],
                  "wall_s": result["wall_seconds"], "met": result["budget_met"]})
     for r in rows:
@@ -161,10 +168,11 @@ def main() -> None:
                         emulate.down(name)
         if not args.skip_resnet56:
             extra = accuracy_critical(workdir)
-    print_table(["model", "target", "method", "test top-1 %", "p50 ms (source)", "MACs", "params",
+    print_table(["model", "target", "method", "test top-1 %", "p50 ms (source)", "x baseline", "MACs", "params",
                  "wall s", "meets 0.5x by measurement"],
                 [[r["arch"], r["target"], r["method"], f"{r['accuracy']:.2f}",
                   f"{r['p50_ms']:.3f} ({r['source']}, {r['runtime'].get('name')} {r['runtime'].get('version')})",
+                  f"{r['ratio']:.3f}",
                   f"{r['macs']:,}", f"{r['params']:,}", r["wall_s"], r["met"]] for r in rows])
     if extra:
         print()

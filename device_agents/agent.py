@@ -21,7 +21,12 @@ Operations:
             The child is pre-started with numpy and the runtime already imported (one per
             runtime, never reused: a new one is started after each bench), so a bench does not
             pay for interpreter start-up and imports; `--prewarm RUNTIME` on the command line
-            starts the first one at once.
+            starts the first one at once. With "against": {"sha256", "ext"} the child, after
+            the model's warm-up (and its peak memory reading), loads and warms the second
+            model too and alternates short blocks (~20 ms) of the two until each has its runs
+            and min_seconds: an interleaved A/B in one process, so both see the same moment of
+            the device. The second model's times come back as "against_times_s". hello lists
+            "paired_bench" in "features".
     infer   {"sha256", "ext", "runtime", "threads", "inputs": [base64 .npy]} -> "outputs".
             Inputs are NCHW; when the model wants NHWC they are transposed. Float inputs
             to an int8 input are quantized, and int8 outputs dequantized, with the tensor's
@@ -53,6 +58,7 @@ PROTOCOL_VERSION = 1
 HIDE_RUNTIMES_ENV = "EDGEPRUNE_AGENT_HIDE_RUNTIMES"
 READY_LINE = '{"ready": true}\n'
 READY_TIMEOUT_S = 120.0
+BLOCK_S = 0.02  # paired bench: how long each model runs before the other takes its turn
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 TFLITE_DISTS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                 "tensorflow": "tensorflow"}
@@ -243,6 +249,7 @@ def op_hello(state, req):
         "machine": platform.machine(),
         "cache_dir": state["cache"],
         "pid": os.getpid(),
+        "features": ["paired_bench"],
     }
     throttled = throttled_state()
     if throttled is not None:
@@ -538,6 +545,27 @@ def _timed_runs(runner, arrays, min_runs, min_seconds, max_seconds):
             return times
 
 
+def _alternating_runs(first, second, min_runs, min_seconds, max_seconds):
+    """Blocks of about BLOCK_S of each runner in turn, until both reach min_runs and min_seconds."""
+    times = ([], [])
+    spent = [0.0, 0.0]
+    start = time.perf_counter()
+    while True:
+        for side, (runner, arrays) in enumerate((first, second)):
+            block_end = time.perf_counter() + BLOCK_S
+            while True:
+                t0 = time.perf_counter()
+                runner.run(arrays)
+                t1 = time.perf_counter()
+                times[side].append(t1 - t0)
+                spent[side] += t1 - t0
+                if t1 >= block_end:
+                    break
+        done = all(len(t) >= min_runs and s >= min_seconds for t, s in zip(times, spent))
+        if done or time.perf_counter() - start >= max_seconds:
+            return times
+
+
 def _preimport(module):
     """Import numpy and the runtime before the baseline is read: their cost is not the model's."""
     import importlib
@@ -563,13 +591,24 @@ def bench_child(spec):
     load_ms = (time.perf_counter() - t0) * 1000.0
     max_s = float(spec.get("max_seconds", 120.0))
     warm = _timed_runs(runner, arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
-    times = _timed_runs(runner, arrays, int(spec["runs"]), float(spec["min_seconds"]), max_s)
-    wall_s = time.perf_counter() - t0
-    peak_kb = memory_peak_kb(method)
-    return {"times_s": times, "warmup_runs": len(warm), "load_ms": load_ms,
-            "peak_memory_mb": max(0.0, (peak_kb - baseline_kb) / 1024.0),
-            "baseline_mb": baseline_kb / 1024.0, "memory_method": method,
-            "input_shapes": [list(a.shape) for a in arrays], "wall_s": wall_s}
+    result = {"warmup_runs": len(warm), "load_ms": load_ms, "baseline_mb": baseline_kb / 1024.0,
+              "memory_method": method, "input_shapes": [list(a.shape) for a in arrays]}
+    if spec.get("against_path"):
+        peak_kb = memory_peak_kb(method)  # this model's alone: the other one is not loaded yet
+        t1 = time.perf_counter()
+        other = open_runner(spec["against_path"], runtime, spec["threads"], runtimes)
+        other_arrays = synthetic_inputs(other)
+        other.run(other_arrays)
+        result["against_load_ms"] = (time.perf_counter() - t1) * 1000.0
+        _timed_runs(other, other_arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
+        times, result["against_times_s"] = _alternating_runs(
+            (runner, arrays), (other, other_arrays), int(spec["runs"]), float(spec["min_seconds"]), max_s)
+    else:
+        times = _timed_runs(runner, arrays, int(spec["runs"]), float(spec["min_seconds"]), max_s)
+        peak_kb = memory_peak_kb(method)
+    result.update(times_s=times, peak_memory_mb=max(0.0, (peak_kb - baseline_kb) / 1024.0),
+                  wall_s=time.perf_counter() - t0)
+    return result
 
 
 def child_main(module):
@@ -604,7 +643,12 @@ def _bench_spec(state, req):
     runtimes = runtimes_of(state)
     if runtime not in runtimes:
         open_runner(path, runtime, 1, runtimes)  # raises NoRuntime with the list of runtimes found
-    return {"path": path, "runtime": runtime, "module": runtimes[runtime]["module"],
+    against = req.get("against")
+    if against is not None:
+        if not isinstance(against, dict):
+            raise AgentError("BadRequest", "against must be {\"sha256\", \"ext\"}")
+        against = require_cached(state, against)
+    return {"path": path, "against_path": against, "runtime": runtime, "module": runtimes[runtime]["module"],
             "threads": int(req.get("threads", 1)),
             "warmup": int(req.get("warmup", 1)), "warmup_seconds": float(req.get("warmup_seconds", 0.5)),
             "runs": int(req.get("runs", 50)), "min_seconds": float(req.get("min_seconds", 1.0)),

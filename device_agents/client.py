@@ -188,13 +188,20 @@ class AgentClient:
         return reply
 
     def bench(self, local: Path, sha: str, runtime: str, threads: int, warmup: int, runs: int,
-              min_seconds: float, warmup_seconds: float, timeout: float) -> dict[str, Any]:
-        """Benchmark a model (uploading it first if needed); raw times come back in seconds."""
+              min_seconds: float, warmup_seconds: float, timeout: float,
+              against: Optional[tuple[Path, str]] = None) -> dict[str, Any]:
+        """Benchmark a model (uploading it first if needed); raw times come back in seconds.
+        `against` (path, sha256): a second model benched in the same process, in alternating
+        blocks (agents whose hello lists "paired_bench")."""
         self.ensure_file(local, sha)
+        extra: dict[str, Any] = {}
+        if against is not None:
+            self.ensure_file(against[0], against[1])
+            extra["against"] = {"sha256": against[1], "ext": Path(against[0]).suffix.lower()}
         return self.call("bench", timeout=timeout + 30.0, sha256=sha, ext=Path(local).suffix.lower(),
                          runtime=runtime, threads=threads, warmup=warmup, runs=runs,
                          min_seconds=min_seconds, warmup_seconds=warmup_seconds,
-                         timeout_s=timeout, max_seconds=timeout)
+                         timeout_s=timeout, max_seconds=timeout, **extra)
 
     def infer(self, local: Path, sha: str, runtime: str, threads: int, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the model on NCHW inputs on the device; outputs as numpy arrays."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from edgeprune.data import LabeledData, load_dataset
 from edgeprune.errors import BadInputError
 from edgeprune.models import Checkpoint, load_model, save_checkpoint
 from edgeprune.policies import AdaptiveConfig, make_policy, parse_budget, prune_by_threshold, search
+from edgeprune.policies.budget import comparable_p50
 from edgeprune.policies.latency_model import AIM_MARGIN, LatencyModel
 from edgeprune.policies.search import LoopState, Row
 from edgeprune.train import evaluate, finetune, recalibrate_bn
@@ -34,6 +36,7 @@ from edgeprune.train import evaluate, finetune, recalibrate_bn
 PRECISIONS = ("fp32", "fp16", "int8")
 PROBE_MACS = 0.15      # the latency probe's share of the MACs: near where 0.5x budgets land
 MAX_THRESHOLD = 4.0    # top of the threshold bisection (normalized attention)
+AB_ROUNDS = 4          # a 0.5x budget: benches of the baseline and the candidate, interleaved
 
 
 @dataclass
@@ -97,6 +100,9 @@ class _Job:
 
     def state_path(self, iteration: int) -> Path:
         return self.out / "states" / f"iter-{iteration:03d}.pt"
+
+    def artifact_path(self, iteration: int) -> Path:
+        return self.out / "candidates" / f"iter-{iteration:03d}.{self.fmt}"
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -200,10 +206,10 @@ def _probe(job: _Job, base: int) -> Dict[str, Any]:
     threshold = _threshold_for(job, trial, PROBE_MACS * base, "macs")
     prune_by_threshold(trial, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
     artifact = export_for(job, trial, job.out / "candidates" / f"probe.{job.fmt}")
-    m = job.target.measure(artifact, runs=job.cfg.runs, threads=job.cfg.threads)
-    macs = analyze(trial, job.ckpt.input_shape).macs
-    job.log(f"latency probe at {macs / base:.0%} of the MACs: p50 {m.p50_ms:.3f} ms [{m.source}]")
-    return {"macs": macs, "p50_ms": m.p50_ms, "source": m.source, "measurement": m.to_dict()}
+    probe = {"macs": analyze(trial, job.ckpt.input_shape).macs, **measure_on_target(job, artifact)}
+    job.log(f"latency probe at {probe['macs'] / base:.0%} of the MACs: p50 {probe['p50_ms']:.3f} ms "
+            f"[{probe['source']}]{_ab_note(probe)}")
+    return probe
 
 
 def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
@@ -238,30 +244,56 @@ def _aimed_threshold(job: _Job, rows: List[Row], loop: LoopState, model) -> floa
     if curve is None:
         return 0.0
     goal = curve.macs_for(AIM_MARGIN * job.cfg.policy_obj.budget.limit(rows[0]))
+    macs = analyze(model, job.ckpt.input_shape).macs
+    if goal >= macs:  # noise: this state measured slow although the curve says it is fast enough
+        job.log(f"{curve.describe()}; it puts the budget above this state's {macs / 1e6:.2f} MMACs, "
+                f"so this step is T + λ")
+        return 0.0
     threshold = _threshold_for(job, model, goal, "macs")
     job.log(f"{curve.describe()}; aiming at {goal / 1e6:.2f} MMACs, T={threshold:.3f} (a prediction)")
     return threshold
 
 
 def _measured_points(rows: List[Row]) -> List[tuple]:
-    """(MACs, p50) of every measured row and probe; proxies never enter the fit."""
+    """(MACs, p50 on the baseline's scale) of every measured row and probe; proxies never enter."""
     seen = [*rows, *rows[0].get("probes", [])]
-    return [(r["macs"], r["p50_ms"]) for r in seen if r.get("source") in ("device", "emulated") and r.get("p50_ms")]
+    return [(r["macs"], comparable_p50(r, rows[0])) for r in seen
+            if r.get("source") in ("device", "emulated") and r.get("p50_ms")]
 
 
 def _measure_row(job: _Job, iteration: int, model, parent: Optional[int], threshold: float) -> Row:
     """Accuracy on the validation split, static counts, and a MEASURED profile on the target."""
     report = analyze(model, job.ckpt.input_shape, job.ckpt.arch)
-    artifact = job.out / "candidates" / f"iter-{iteration:03d}.{job.fmt}"
-    export_for(job, model, artifact)
-    m = job.target.measure(artifact, runs=job.cfg.runs, threads=job.cfg.threads)
+    artifact = export_for(job, model, job.artifact_path(iteration))
     return {
         "iteration": iteration, "parent": parent, "threshold": threshold,
         "accuracy": evaluate(model, job.val)["top1"], "params": report.params, "macs": report.macs,
         "artifact": str(artifact.relative_to(job.out)), "artifact_bytes": artifact.stat().st_size,
-        "p50_ms": m.p50_ms, "peak_memory_mb": m.peak_memory_mb, "source": m.source,
-        "measurement": m.to_dict(), "time": time.time(),
+        **measure_on_target(job, artifact), "time": time.time(),
     }
+
+
+def measure_on_target(job: _Job, artifact: Path) -> Dict[str, Any]:
+    """A row's measured fields. Under a ratio budget (0.5x) every candidate is benched
+    interleaved with the baseline artifact (DESIGN.md: A/B comparisons interleaved), and is
+    judged against the baseline p50 of the same window: drift on the device (a noisy
+    neighbour, heat) then falls on both alike instead of deciding `met`."""
+    baseline = job.artifact_path(0)
+    if job.cfg.policy_obj.budget.kind != "latency_ratio" or artifact == baseline:
+        m = job.target.measure(artifact, runs=job.cfg.runs, threads=job.cfg.threads)
+        return {"p50_ms": m.p50_ms, "peak_memory_mb": m.peak_memory_mb, "source": m.source,
+                "measurement": m.to_dict()}
+    runs = None if job.cfg.runs is None else max(10, math.ceil(job.cfg.runs / AB_ROUNDS))
+    c = job.target.compare(baseline, artifact, rounds=AB_ROUNDS, runs=runs, threads=job.cfg.threads)
+    return {"p50_ms": c.b.p50_ms, "peak_memory_mb": c.b.peak_memory_mb, "source": c.b.source,
+            "measurement": c.b.to_dict(), "baseline_p50_ms": c.a.p50_ms, "baseline_measurement": c.a.to_dict(),
+            "ab": {k: v for k, v in c.to_dict().items() if k not in ("a", "b")}}
+
+
+def _ab_note(row: Row) -> str:
+    if "baseline_p50_ms" not in row:
+        return ""
+    return f", {row['p50_ms'] / row['baseline_p50_ms']:.2f}x the baseline benched alongside"
 
 
 def export_for(job: _Job, model, artifact: Path, precision: Optional[str] = None) -> Path:
@@ -312,4 +344,4 @@ def _load_state(job: _Job, iteration: int):
 def _row_line(row: Row) -> str:
     flags = ("good" if row.get("good") else "") + (" met" if row.get("met_budget") else "")
     return (f"  candidate {row['iteration']}: T={row['threshold']:.3f} acc {row['accuracy']:.2f}% "
-            f"params {row['params']:,} p50 {row['p50_ms']:.3f} ms [{row['source']}] {flags}")
+            f"params {row['params']:,} p50 {row['p50_ms']:.3f} ms [{row['source']}]{_ab_note(row)} {flags}")

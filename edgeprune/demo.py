@@ -17,6 +17,7 @@ from edgeprune.errors import EdgePruneError
 
 DEMO_ARCH = "resnet20"
 DEMO_EPOCHS = 3
+DEMO_ITERATIONS = 6
 DEMO_TARGET = "emu-rpi4"
 FALLBACK_TARGET = "x86-ort"
 
@@ -93,6 +94,6 @@ def run_demo(out_dir: str | Path = "demo-out", epochs: int = DEMO_EPOCHS) -> Dic
         shutil.rmtree(out)
     with demo_target() as target:
         cfg = CompressConfig(policy="latency", budget="0.5x", precision="int8",
-                             adaptive=AdaptiveConfig(max_iterations=4, finetune_epochs=2, finetune_samples=4000))
+                             adaptive=AdaptiveConfig(max_iterations=DEMO_ITERATIONS))
         log(f"compressing on {target.name}: latency budget 0.5x of the measured baseline, int8")
         return compress(model, target, cfg, out)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from edgeprune._io import atomic_path, atomic_write_bytes
 from edgeprune.analysis import analyze
 from edgeprune.models import load_model, save_checkpoint
+from edgeprune.policies.budget import comparable_p50
 from edgeprune.train import evaluate
 
 Row = Dict[str, Any]
@@ -19,7 +20,7 @@ Row = Dict[str, Any]
 
 def finish_job(job, rows: List[Row], final: Row, wall_seconds: float) -> Dict[str, Any]:
     """Write the final artifacts and reports; returns the result.json object."""
-    from edgeprune.compress import export_for
+    from edgeprune.compress import export_for, measure_on_target
     from edgeprune.export import verify
 
     baseline = rows[0]
@@ -29,9 +30,9 @@ def finish_job(job, rows: List[Row], final: Row, wall_seconds: float) -> Dict[st
                     {**job.ckpt.metadata, "accuracy": evaluate(model, job.test)["top1"]})
     artifacts = _export_final(job, model, export_for)
     shipped = artifacts[job.fmt]
-    measurement = job.target.measure(shipped, runs=job.cfg.runs, threads=job.cfg.threads)
-    final_row = {**final, "p50_ms": measurement.p50_ms, "peak_memory_mb": measurement.peak_memory_mb,
-                 "source": measurement.source, "artifact_bytes": Path(shipped).stat().st_size}
+    measured = measure_on_target(job, shipped)  # under 0.5x: interleaved with the baseline artifact
+    final_row = {**final, **measured, "artifact_bytes": Path(shipped).stat().st_size}
+    base_measurement = measured.get("baseline_measurement", baseline["measurement"])
     verifications = {fmt: verify(path, job.out / "model.pt", data=job.test, target=job.target.name).to_dict()
                      for fmt, path in artifacts.items() if path}
     policy = job.cfg.policy_obj
@@ -40,8 +41,9 @@ def finish_job(job, rows: List[Row], final: Row, wall_seconds: float) -> Dict[st
         "policy": policy.name, "budget": job.cfg.budget, "tolerance": policy.guard,
         "met": bool(met and all(v["passed"] for v in verifications.values())),
         "budget_met": bool(met), "precision": job.cfg.precision, "target": job.target.name,
-        "baseline": _summary(job, base_model, baseline, baseline["measurement"]),
-        "final": _summary(job, model, final, measurement.to_dict()),
+        "baseline": _summary(job, base_model, baseline, base_measurement),
+        "final": _summary(job, model, final, measured["measurement"]),
+        "ab": measured.get("ab"),
         "artifacts": {k: (str(v) if v else None) for k, v in artifacts.items()},
         "verification": verifications.get(job.fmt), "verifications": verifications,
         "iterations": len(rows) - 1, "final_iteration": final["iteration"],
@@ -137,20 +139,32 @@ def _markdown(result: Dict[str, Any], rows: List[Row], before: Dict[str, int], a
         f"{result['iterations']} candidates in {result['wall_seconds']} s.",
         "## Baseline against final",
         _table(["", "baseline", "final", "provenance"], _comparison(result)),
+        _ab_sentence(result),
         "## Verification on the target",
         _table(["artifact", "samples", "top-1 agreement", "max abs diff", "accuracy (fraction)", "passed"],
                [[v["artifact"], v["samples"], f"{v['top1_agreement']:.4f}", f"{v['max_abs_diff']:.4g}",
                  v["accuracy"], v["passed"]] for v in result["verifications"].values()]),
         "## Candidates (accuracy on the validation split; latency measured on the target)",
         "![pareto](pareto.png)",
-        _table(["iter", "parent", "threshold", "val acc %", "params", "MACs", "p50 ms", "source", "good", "in budget"],
+        _table(["iter", "parent", "threshold", "val acc %", "params", "MACs", "p50 ms", "x baseline", "source",
+                "good", "in budget"],
                [[r["iteration"], r["parent"], f"{r['threshold']:.3f}", f"{r['accuracy']:.2f}", f"{r['params']:,}",
-                 f"{r['macs']:,}", f"{r['p50_ms']:.3f}", r["source"], r.get("good"), r.get("met_budget")]
-                for r in rows]),
+                 f"{r['macs']:,}", f"{r['p50_ms']:.3f}", f"{comparable_p50(r, rows[0]) / rows[0]['p50_ms']:.3f}",
+                 r["source"], r.get("good"), r.get("met_budget")] for r in rows]),
         "## Channels per layer",
         _table(["layer", "before", "after"], [[k, v, after.get(k, "-")] for k, v in before.items()]),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _ab_sentence(result: Dict[str, Any]) -> str:
+    ab = result.get("ab")
+    if not ab:
+        return "Baseline and final were measured separately, each with the protocol above."
+    ratio = result["final"]["measurement"]["latency_ms"]["p50"] / result["baseline"]["measurement"]["latency_ms"]["p50"]
+    return (f"Baseline and final were benched interleaved, {ab['rounds']} rounds each (A B, B A, ...), so drift "
+            f"on the device falls on both alike: final/baseline p50 {ratio:.3f} pooled, per-round ratios "
+            f"{ab['ratio_min']:.3f}-{ab['ratio_max']:.3f}.")
 
 
 def _html(md: str) -> str:
@@ -184,15 +198,16 @@ def _pareto_png(path: Path, rows: List[Row], result: Dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    xs, ys = [r["p50_ms"] for r in rows], [r["accuracy"] for r in rows]
-    ax.scatter(xs, ys, c=["tab:green" if r.get("met_budget") else "tab:gray" for r in rows], zorder=3)
+    x = {r["iteration"]: comparable_p50(r, rows[0]) for r in rows}  # interleaved rows: on the baseline's scale
+    ax.scatter([x[r["iteration"]] for r in rows], [r["accuracy"] for r in rows],
+               c=["tab:green" if r.get("met_budget") else "tab:gray" for r in rows], zorder=3)
     for r in rows:
-        ax.annotate(str(r["iteration"]), (r["p50_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3),
+        ax.annotate(str(r["iteration"]), (x[r["iteration"]], r["accuracy"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    front = _pareto_front(rows)
-    ax.plot([r["p50_ms"] for r in front], [r["accuracy"] for r in front], "b--", lw=1, label="Pareto front")
+    front = _pareto_front(rows, x)
+    ax.plot([x[r["iteration"]] for r in front], [r["accuracy"] for r in front], "b--", lw=1, label="Pareto front")
     final = next(r for r in rows if r["iteration"] == result["final_iteration"])
-    ax.scatter([final["p50_ms"]], [final["accuracy"]], marker="*", s=250, c="tab:red", zorder=4, label="final")
+    ax.scatter([x[final["iteration"]]], [final["accuracy"]], marker="*", s=250, c="tab:red", zorder=4, label="final")
     if result["budget"] and str(result["budget"]).endswith(("x", "ms")):
         limit = (rows[0]["p50_ms"] * float(result["budget"][:-1]) if result["budget"].endswith("x")
                  else float(result["budget"][:-2]))
@@ -208,9 +223,9 @@ def _pareto_png(path: Path, rows: List[Row], result: Dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def _pareto_front(rows: List[Row]) -> List[Row]:
+def _pareto_front(rows: List[Row], x: Dict[int, float]) -> List[Row]:
     front, best = [], -1.0
-    for r in sorted(rows, key=lambda r: r["p50_ms"]):
+    for r in sorted(rows, key=lambda r: x[r["iteration"]]):
         if r["accuracy"] > best:
             front.append(r)
             best = r["accuracy"]

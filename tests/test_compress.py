@@ -46,9 +46,15 @@ def test_compress_latency_writes_measured_result(small_model, tmp_path):
     assert final["runtime"]["name"] == "onnxruntime" and final["runs"] >= 20
     if result["met"]:
         assert final["latency_ms"]["p50"] <= 0.9 * base["latency_ms"]["p50"]
+    # a ratio budget: baseline and final benched interleaved, and so was every candidate
+    assert result["ab"]["rounds"] == 4 and len(result["ab"]["round_ratios"]) == 4
+    assert all(any(n.startswith("interleaved A/B: 4 paired benches") for n in m["notes"]) for m in (base, final))
+    candidates = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()[1:]]
+    assert candidates and all(c["baseline_p50_ms"] > 0 and c["ab"]["rounds"] == 4 for c in candidates)
     assert result["verification"]["passed"] and result["verification"]["target"] == "x86-ort"
     report = (out / "report.md").read_text()
     assert "onnxruntime" in report and "Channels per layer" in report and "device" in report
+    assert "benched interleaved, 4 rounds each" in report
     lines = (out / "history.jsonl").read_text().splitlines()
     assert len(lines) == result["iterations"] + 1
 

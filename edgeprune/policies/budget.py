@@ -41,10 +41,13 @@ class Budget:
         return None if key is None else row.get(key)
 
     def is_met(self, row: Dict[str, Any], baseline: Optional[Dict[str, Any]] = None) -> bool:
-        """True only when a measured number is present and within the limit."""
+        """True only when a measured number is present and within the limit. A ratio is taken
+        against the baseline benched alongside the row when there is one (interleaved A/B)."""
         if self.kind == "none":
             return True
         seen = self.observed(row)
+        if self.kind == "latency_ratio" and row.get("baseline_p50_ms"):
+            baseline = {"p50_ms": row["baseline_p50_ms"]}
         return seen is not None and row.get("source") in ("device", "emulated") and seen <= self.limit(baseline)
 
     def to_dict(self) -> dict:
@@ -52,6 +55,15 @@ class Budget:
 
 
 NO_BUDGET = Budget("none", 0.0, "")
+
+
+def comparable_p50(row: Dict[str, Any], baseline: Dict[str, Any]) -> float:
+    """The row's p50 on the baseline row's scale: a row benched interleaved with the baseline
+    artifact is rescaled by the baseline p50 of its own window, so rows measured minutes apart
+    compare by their ratios, not by the device's drift in between."""
+    if row.get("baseline_p50_ms") and baseline.get("p50_ms"):
+        return row["p50_ms"] * baseline["p50_ms"] / row["baseline_p50_ms"]
+    return row["p50_ms"]
 
 
 def parse_budget(policy: str, text: Optional[str]) -> Budget:

@@ -1,7 +1,14 @@
-"""Interleaved A/B comparison: short benches of A and B alternate (A B, B A, A B, ...) in one
-agent session, so drift and noise on the device (other jobs, heat, frequency) fall on both
-alike. The per-round ratios give the spread of the B/A ratio; the pooled runs give each side's
-Measurement.
+"""Interleaved A/B comparison, so drift and noise on the device (other jobs, a noisy
+neighbour on a VM, heat, frequency) fall on both alike.
+
+Each round is one bench process that loads both models and alternates blocks of about 20 ms
+of A and of B (agents whose hello lists "paired_bench"); rounds alternate which model loads
+first, and that one's peak memory is read before the other is loaded. On a shared 2-core VM,
+where a model's p50 moves by 1.3-1.5x from one second to the next, whole benches in turn
+(A, B, B, A, ...) gave per-round B/A ratios from 0.40 to 0.70 for one model; blocks in one
+process keep both sides in the same moment. Devices without the feature (benchmark_model on
+Android) get whole benches in turn. The per-round ratios give the spread of the B/A ratio;
+the pooled runs give each side's Measurement.
 """
 from __future__ import annotations
 
@@ -89,19 +96,36 @@ def compare(target: "Target", artifact_a: str | os.PathLike, artifact_b: str | o
         hello = prepare(target, client, [a.runtime, b.runtime])
         for side in (a, b):
             _runtime_version(target, hello, side.runtime)
+        paired = "paired_bench" in (hello.get("features") or [])
         for i in range(rounds):
-            for side in ((a, b) if i % 2 == 0 else (b, a)):
-                side.results.append(_bench(target, client, side, settings))
-        ma, mb = (_pooled(target, client.hello, s, settings, rounds) for s in (a, b))
+            first, second = (a, b) if i % 2 == 0 else (b, a)
+            if paired:
+                _split(_bench(target, client, first, settings, against=second), first, second)
+            else:
+                for side in (first, second):
+                    side.results.append(_bench(target, client, side, settings))
+        note = (f"interleaved A/B: {rounds} paired benches, blocks of both models alternating in one process"
+                if paired else f"interleaved A/B: {rounds} benches pooled")
+        ma, mb = (_pooled(target, client.hello, s, settings, note) for s in (a, b))
     ratios = [_p50(rb) / _p50(ra) for ra, rb in zip(a.results, b.results)]
     return Comparison(a=ma, b=mb, ratio=float(np.median(ratios)), ratio_min=min(ratios), ratio_max=max(ratios),
                       ratio_std=float(np.std(ratios, ddof=1)), round_ratios=ratios, rounds=rounds)
 
 
-def _bench(target: "Target", client: Any, side: _Side, s: dict[str, Any]) -> dict[str, Any]:
+def _bench(target: "Target", client: Any, side: _Side, s: dict[str, Any],
+           against: Optional[_Side] = None) -> dict[str, Any]:
+    extra = {} if against is None else {"against": (against.path, against.sha)}
     return client.retrying(lambda c: c.bench(side.path, side.sha, side.runtime, s["threads"], s["warmup"],
                                              s["runs"], s["min_seconds"], s["warmup_seconds"],
-                                             timeout=target.bench_timeout))
+                                             timeout=target.bench_timeout, **extra))
+
+
+def _split(result: dict[str, Any], first: _Side, second: _Side) -> None:
+    """A paired bench's result as one result per side; only the first has a memory reading."""
+    other = {"times_s": result.pop("against_times_s"), "load_ms": result.pop("against_load_ms", None),
+             "peak_memory_mb": None}
+    first.results.append(result)
+    second.results.append({**result, **other})
 
 
 def _p50(result: dict[str, Any]) -> float:
@@ -110,7 +134,7 @@ def _p50(result: dict[str, Any]) -> float:
     return float(np.median(result["times_s"])) * 1000.0
 
 
-def _pooled(target: "Target", hello: dict[str, Any], side: _Side, s: dict[str, Any], rounds: int) -> Measurement:
+def _pooled(target: "Target", hello: dict[str, Any], side: _Side, s: dict[str, Any], note: str) -> Measurement:
     """One Measurement from all rounds of one side: raw times pooled, memory the worst round."""
     results = side.results
     pooled = dict(results[-1])
@@ -126,5 +150,5 @@ def _pooled(target: "Target", hello: dict[str, Any], side: _Side, s: dict[str, A
     pooled["peak_memory_mb"] = max(memory) if memory else None
     pooled["wall_s"] = sum(r.get("wall_s") or 0.0 for r in results)
     pooled["throttled_before"] = results[0].get("throttled_before")
-    pooled["notes"] = list(pooled.get("notes", [])) + [f"interleaved A/B: {rounds} benches pooled"]
+    pooled["notes"] = list(pooled.get("notes", [])) + [note]
     return _to_measurement(target, hello, pooled, side.path, side.sha, s["threads"], s["warmup"], False)

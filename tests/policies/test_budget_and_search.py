@@ -3,6 +3,7 @@ import pytest
 
 from edgeprune.errors import BadInputError
 from edgeprune.policies import make_policy, parse_budget, search
+from edgeprune.policies.budget import comparable_p50
 from edgeprune.policies.search import replay
 
 
@@ -38,6 +39,17 @@ def test_budget_is_met_only_by_a_measurement():
     assert not b.is_met(row(1, 99, 5.1), base)
     assert not b.is_met(row(1, 99, 1.0, source="proxy"), base)  # a FLOPs proxy never meets a budget
     assert not b.is_met(row(1, 99, 1.0, source="predicted"), base)
+
+
+def test_a_ratio_is_judged_against_the_baseline_benched_alongside():
+    b = parse_budget("latency", "0.5x")
+    base = row(0, 99.0, 10.0)  # measured at the start, in a fast spell of the device
+    slow_spell = {**row(1, 99, 5.5), "baseline_p50_ms": 11.5}  # both 15% slower in the A/B window
+    assert b.is_met(slow_spell, base)
+    assert comparable_p50(slow_spell, base) == pytest.approx(5.5 * 10 / 11.5)
+    lucky = {**row(1, 99, 4.9), "baseline_p50_ms": 9.0}  # faster than 5 ms only because the device was
+    assert not b.is_met(lucky, base)
+    assert comparable_p50(row(1, 99, 4.9), base) == 4.9  # measured alone: taken as it is
 
 
 def fake_candidates(results):

@@ -24,7 +24,8 @@ def test_compare_interleaves_and_ranks(request, small_and_big, kind):
     assert result.ratio_min <= result.ratio <= result.ratio_max and result.ratio_std >= 0
     for m, path in ((result.a, small), (result.b, big)):
         assert m.runs == len(m.times_ms) >= 30 and m.model_bytes == path.stat().st_size
-        assert m.source == target.source and "interleaved A/B: 3 benches pooled" in m.notes
+        assert m.source == target.source and any(n.startswith("interleaved A/B: 3 paired benches") for n in m.notes)
+        assert m.peak_memory_mb is not None and m.peak_memory_mb > 0  # read while loaded alone, first
     assert result.b.p50_ms / result.a.p50_ms == pytest.approx(result.ratio, rel=0.5)
     assert set(result.to_dict()) >= {"a", "b", "ratio", "ratio_min", "ratio_max", "ratio_std", "round_ratios"}
 
@@ -38,3 +39,18 @@ def test_compare_same_artifact_is_close_to_one(local_target, small_and_big):
 def test_compare_needs_two_rounds(local_target, small_and_big):
     with pytest.raises(BadInputError, match="at least 2 rounds"):
         compare(local_target, *small_and_big, rounds=1)
+
+
+def test_without_paired_bench_the_device_gets_whole_benches_in_turn(local_target, small_and_big, monkeypatch):
+    """A device that cannot pair (benchmark_model on Android) alternates whole benches instead."""
+    import importlib
+    compare_module = importlib.import_module("edgeprune.targets.compare")
+    real_prepare = compare_module.prepare
+
+    def without_feature(*args, **kwargs):
+        return {**real_prepare(*args, **kwargs), "features": []}
+
+    monkeypatch.setattr(compare_module, "prepare", without_feature)
+    small, big = small_and_big
+    result = compare(local_target, small, big, rounds=2, runs=10, min_seconds=0.1, warmup_seconds=0.05)
+    assert result.ratio > 2.0 and "interleaved A/B: 2 benches pooled" in result.a.notes
