@@ -37,6 +37,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PROBE_MACS = 0.15      # the latency probe's share of the MACs: near where 0.5x budgets land
 MAX_THRESHOLD = 4.0    # top of the threshold bisection (normalized attention)
 AB_ROUNDS = 4          # a 0.5x budget: benches of the baseline and the candidate, interleaved
+MIN_AIMED_STEP = 0.1   # an aim at least this share of the state's MACs below it
 
 
 @dataclass
@@ -227,6 +228,7 @@ def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
              seed=a.seed + iteration, progress=job.progress, teacher=job.ckpt.model, distill=a.distill)
     _save_state(job, iteration, model)
     row = _measure_row(job, iteration, model, parent, threshold)
+    _confirm(job, row)
     # an aimed step that fails is halved like λ: the next try goes half as far
     step = threshold - loop.threshold if aimed > loop.threshold else loop.step
     row.update(step=step, removed_channels=removed, aimed=aimed > 0)
@@ -234,23 +236,26 @@ def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
 
 
 def _aimed_threshold(job: _Job, rows: List[Row], loop: LoopState, model) -> float:
-    """Latency budgets, until the first accuracy miss: the threshold that takes `model` to the
-    MACs the curve through the measurements so far puts at the budget (with a margin). After a
-    miss the loop is the paper's: roll back and halve the step. 0.0 when not aiming, and the
-    loop then takes T + λ."""
-    if not _aims(job) or loop.resets:
+    """Latency budgets: the threshold that takes `model` (the state being pruned) to the MACs
+    the curve through the measurements so far puts at the budget (with a margin), but never
+    past halfway to the nearest candidate below this state's MACs that lost too much accuracy.
+    So after a miss the step halves, as the paper's λ does, in MACs rather than in T: on a
+    state pruned before, renormalized attention makes T + λ jump far (on ResNet-20, from 7.5 to
+    2.5 MMACs). 0.0 when not aiming, and the loop then takes T + λ."""
+    if not _aims(job):
         return 0.0
     curve = LatencyModel.fit(_measured_points(rows))
     if curve is None:
         return 0.0
-    goal = curve.macs_for(AIM_MARGIN * job.cfg.policy_obj.budget.limit(rows[0]))
     macs = analyze(model, job.ckpt.input_shape).macs
-    if goal >= macs:  # noise: this state measured slow although the curve says it is fast enough
-        job.log(f"{curve.describe()}; it puts the budget above this state's {macs / 1e6:.2f} MMACs, "
-                f"so this step is T + λ")
-        return 0.0
+    goal, why = curve.macs_for(AIM_MARGIN * job.cfg.policy_obj.budget.limit(rows[0])), "the curve"
+    if goal >= macs:  # this state measured slower than the curve through every point says
+        goal, why = (1 - MIN_AIMED_STEP) * macs, f"{MIN_AIMED_STEP:.0%} below this state, slower than the curve"
+    misses = [r["macs"] for r in rows[1:] if not r.get("good") and r["macs"] < macs]
+    if misses and goal < (macs + max(misses)) / 2:
+        goal, why = (macs + max(misses)) / 2, "halfway to the nearest accuracy miss"
     threshold = _threshold_for(job, model, goal, "macs")
-    job.log(f"{curve.describe()}; aiming at {goal / 1e6:.2f} MMACs, T={threshold:.3f} (a prediction)")
+    job.log(f"{curve.describe()}; aiming at {goal / 1e6:.2f} MMACs ({why}), T={threshold:.3f} (a prediction)")
     return threshold
 
 
@@ -288,6 +293,21 @@ def measure_on_target(job: _Job, artifact: Path) -> Dict[str, Any]:
     return {"p50_ms": c.b.p50_ms, "peak_memory_mb": c.b.peak_memory_mb, "source": c.b.source,
             "measurement": c.b.to_dict(), "baseline_p50_ms": c.a.p50_ms, "baseline_measurement": c.a.to_dict(),
             "ab": {k: v for k, v in c.to_dict().items() if k not in ("a", "b")}}
+
+
+def _confirm(job: _Job, row: Row) -> None:
+    """A candidate that meets a ratio budget is benched against the baseline once more, and
+    the slower of the two A/Bs stands: on a shared VM the ratio of one model moved from 0.47x
+    to 0.52x between two A/Bs minutes apart, and the search stops at the first candidate that
+    meets the budget, so a single lucky measurement would decide where it stops."""
+    if "baseline_p50_ms" not in row or not job.cfg.policy_obj.budget.is_met(row):
+        return
+    again = measure_on_target(job, job.out / row["artifact"])
+    ratios = [r["p50_ms"] / r["baseline_p50_ms"] for r in (row, again)]
+    job.log(f"  candidate {row['iteration']} met the budget at {ratios[0]:.2f}x; a second A/B: {ratios[1]:.2f}x")
+    if ratios[1] > ratios[0]:
+        row.update(again)
+    row["confirmation_ratios"] = ratios
 
 
 def _ab_note(row: Row) -> str:

@@ -51,6 +51,11 @@ def test_compress_latency_writes_measured_result(small_model, tmp_path):
     assert all(any(n.startswith("interleaved A/B: 4 paired benches") for n in m["notes"]) for m in (base, final))
     candidates = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()[1:]]
     assert candidates and all(c["baseline_p50_ms"] > 0 and c["ab"]["rounds"] == 4 for c in candidates)
+    for c in candidates:  # meeting the budget takes a second A/B, and the slower one stands
+        if c["met_budget"]:
+            assert len(c["confirmation_ratios"]) == 2
+            assert c["p50_ms"] / c["baseline_p50_ms"] == pytest.approx(max(c["confirmation_ratios"]))
+    assert any(c["met_budget"] for c in candidates) or not result["met"]
     assert result["verification"]["passed"] and result["verification"]["target"] == "x86-ort"
     report = (out / "report.md").read_text()
     assert "onnxruntime" in report and "Channels per layer" in report and "device" in report
