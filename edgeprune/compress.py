@@ -38,6 +38,7 @@ PROBE_MACS = 0.15      # the latency probe's share of the MACs: near where 0.5x 
 MAX_THRESHOLD = 4.0    # top of the threshold bisection (normalized attention)
 AB_ROUNDS = 4          # a 0.5x budget: benches of the baseline and the candidate, interleaved
 MIN_AIMED_STEP = 0.1   # an aim at least this share of the state's MACs below it
+UNTRAINED_MARGIN = 0.1  # a baseline must beat chance by this share of the headroom above it
 
 
 @dataclass
@@ -49,17 +50,22 @@ class CompressConfig:
         budget: `12ms` / `0.5x` (latency), `2MB` / `peak:64MB` (memory); none for accuracy.
         tolerance: accuracy drop allowed, in points (accuracy: 0; latency/memory guard: 1).
         precision: of the artifacts measured and shipped (fp32, fp16, int8).
+        data: the data set (None: the checkpoint's own, else the built-in MNIST).
         runs, threads: measurement settings (None: the target's protocol defaults).
+        finetune_lr: recovery learning rate (None: the checkpoint's optimizer at a reduced rate).
+        allow_untrained: accept a baseline at chance-level accuracy (random weights).
     """
 
     policy: str
     budget: Optional[str] = None
     tolerance: Optional[float] = None
     precision: str = "fp32"
-    data: str = "mnist"
+    data: Optional[str] = None
     runs: Optional[int] = None
     threads: Optional[int] = None
     first_guess: bool = True
+    finetune_lr: Optional[float] = None
+    allow_untrained: bool = False
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     version: int = 1
 
@@ -93,6 +99,7 @@ class _Job:
     val: LabeledData
     test: LabeledData
     calibration: List[Any]
+    recipe: Dict[str, Any]
     progress: bool = True
 
     @property
@@ -135,13 +142,37 @@ def compress(model: Union[str, Path, Checkpoint], target: Any, cfg: CompressConf
 
 
 def _make_job(model, target, cfg: CompressConfig, out: Path, resume: bool, progress: bool) -> _Job:
-    _check_out_dir(out, cfg, target, resume)
+    """Load and check everything before anything is written to `out`: a corrupt model or a
+    wrong data set must leave no half-made run behind."""
+    from edgeprune.train import finetune_recipe
+
     ckpt = model if isinstance(model, Checkpoint) else load_model(model)
     c, _, size = ckpt.input_shape
     classes = ckpt.metadata.get("num_classes")
-    sets = [load_dataset(cfg.data, s, channels=c, size=size, num_classes=classes) for s in ("train", "val", "test")]
+    source = cfg.data or ckpt.metadata.get("dataset") or "mnist"
+    sets = [load_dataset(source, s, channels=c, size=size, num_classes=classes) for s in ("train", "val", "test")]
+    if not cfg.allow_untrained:
+        check_trained(ckpt, sets[1])
+    recipe = finetune_recipe(ckpt.metadata)
+    if cfg.finetune_lr is not None:
+        recipe["lr"] = cfg.finetune_lr
+    _check_out_dir(out, cfg, target, resume)
     calib = list(sets[0].subset(cfg.adaptive.calibration_samples).loader(64))
-    return _Job(cfg, target, out, ckpt, *sets, calib, progress)
+    return _Job(cfg, target, out, ckpt, *sets, calib, recipe, progress)
+
+
+def check_trained(ckpt: Checkpoint, val: LabeledData) -> float:
+    """Refuse a baseline near chance level (random weights, a wrong data set): pruning it
+    cannot be judged, and an accuracy guard around chance would pass anything. Returns the
+    validation accuracy."""
+    accuracy = evaluate(ckpt.model, val)["top1"]
+    chance = 100.0 / max(val.num_classes, 1)
+    if accuracy < chance + UNTRAINED_MARGIN * (100.0 - chance):
+        raise BadInputError(
+            f"the model scores {accuracy:.1f}% on the validation split of {val.name or 'the data'}, near "
+            f"chance ({chance:.0f}%): it looks untrained (random weights?) or meant for other data; "
+            f"pass --weights, train it first, or --allow-untrained")
+    return accuracy
 
 
 def _check_out_dir(out: Path, cfg: CompressConfig, target, resume: bool) -> None:
@@ -224,8 +255,9 @@ def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
     removed = prune_by_threshold(model, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
     recalibrate_bn(model, job.train)
     a = job.cfg.adaptive
-    finetune(model, job.train.subset(a.finetune_samples), a.finetune_epochs, a.finetune_lr,
-             seed=a.seed + iteration, progress=job.progress, teacher=job.ckpt.model, distill=a.distill)
+    finetune(model, job.train.subset(a.finetune_samples), a.finetune_epochs, job.recipe["lr"],
+             seed=a.seed + iteration, progress=job.progress, teacher=job.ckpt.model, distill=a.distill,
+             optimizer=job.recipe["optimizer"])
     _save_state(job, iteration, model)
     row = _measure_row(job, iteration, model, parent, threshold)
     _confirm(job, row)

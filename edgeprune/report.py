@@ -36,11 +36,13 @@ def finish_job(job, rows: List[Row], final: Row, wall_seconds: float) -> Dict[st
     verifications = {fmt: verify(path, job.out / "model.pt", data=job.test, target=job.target.name).to_dict()
                      for fmt, path in artifacts.items() if path}
     policy = job.cfg.policy_obj
-    met = policy.meets_budget(final_row, baseline) and (policy.name != "accuracy" or policy.good(final, baseline))
+    verified = all(v["passed"] for v in verifications.values())
+    met, reason = policy.verdict(final_row, baseline, verified)
     result = {
         "policy": policy.name, "budget": job.cfg.budget, "tolerance": policy.guard,
-        "met": bool(met and all(v["passed"] for v in verifications.values())),
-        "budget_met": bool(met), "precision": job.cfg.precision, "target": job.target.name,
+        "met": met, "reason": reason, "guard_passed": policy.good(final, baseline),
+        "budget_met": policy.meets_budget(final_row, baseline), "verified": verified,
+        "precision": job.cfg.precision, "target": job.target.name,
         "baseline": _summary(job, base_model, baseline, base_measurement),
         "final": _summary(job, model, final, measured["measurement"]),
         "ab": measured.get("ab"),
@@ -133,6 +135,7 @@ def _markdown(result: Dict[str, Any], rows: List[Row], before: Dict[str, int], a
     verdict = "MET" if result["met"] else "NOT MET"
     parts = [
         f"# edgeprune compress report: {result['policy']} policy, budget {result['budget'] or 'n/a'} — {verdict}",
+        f"**{verdict}**: {result['reason']}.",
         f"Target **{result['target']}** ({'emulated' if fm.get('emulated') else 'device'}): "
         f"host {device.get('hostname')}, CPU {device.get('cpu')}, {device.get('cores')} cores; "
         f"runtime {fm['runtime'].get('name')} {fm['runtime'].get('version')}. Precision {result['precision']}. "

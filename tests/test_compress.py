@@ -111,3 +111,38 @@ def test_killed_run_resumes_to_the_same_result(small_model, tmp_path):
         assert resumed[key] == expected[key]
     for key in ("accuracy", "val_accuracy", "params", "macs"):
         assert resumed["final"][key] == expected["final"][key]
+
+
+def test_unrecoverable_pruning_exits_1_and_ships_a_guarded_model(small_model, tmp_path):
+    """No fine-tuning and a size budget that needs deep pruning: candidates in budget lose
+    accuracy, so the job must say not met (exit 1) and ship a candidate that passed the guard."""
+    out = tmp_path / "hard"
+    args = ["compress", str(small_model), "--target", "x86-ort", "--policy", "memory", "--budget", "15KB",
+            "--tolerance", "0.5", "--finetune-epochs", "0", "--max-iterations", "4", "--step", "0.4",
+            "--runs", "20", "--out", str(out), "--json"]
+    res = run_cli(*args)
+    assert res.returncode == 1, res.stderr
+    result = json.loads(res.stdout)
+    assert result["met"] is False and result["guard_passed"] is True
+    assert "guard" in result["reason"]
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    shipped = next(r for r in rows if r["iteration"] == result["final_iteration"])
+    assert rows[0]["accuracy"] - shipped["accuracy"] <= 0.5 + 1e-9
+    assert not any(r.get("good") and r.get("met_budget") for r in rows[1:])
+    assert result["final"]["val_accuracy"] == shipped["accuracy"]
+    assert "NOT MET" in (out / "report.md").read_text()
+
+
+def test_untrained_baseline_is_refused_before_anything_is_written(tmp_path):
+    from edgeprune.models import create_model, save_checkpoint
+
+    path = tmp_path / "random.pt"
+    save_checkpoint(path, create_model("resnet20", width=8), "resnet20", {"width": 8},
+                    {"input_shape": [1, 28, 28], "num_classes": 10, "dataset": "mnist"})
+    out = tmp_path / "o"
+    res = run_cli("compress", str(path), "--target", "x86-ort", "--policy", "latency", "--budget", "0.5x",
+                  "--out", str(out), "--json")
+    assert res.returncode == 2, res.stderr
+    assert "chance" in res.stderr and "--allow-untrained" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()  # no run.json or states/: the corrected command must not be refused

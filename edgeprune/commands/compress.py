@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from edgeprune.commands._common import emit_json, log
+from edgeprune.commands._model_args import add_model_args, load_cli_model
 
 
 def register(sub) -> None:
     p = sub.add_parser("compress", help="compress a model to a latency/memory/accuracy budget on a target")
-    p.add_argument("model", help="an edgeprune checkpoint (.pt)")
+    add_model_args(p)
     p.add_argument("--target", required=True, help="target name (see `edgeprune targets list`)")
     p.add_argument("--profile", help="a target profile YAML instead of a named target")
     p.add_argument("--policy", required=True, choices=("latency", "memory", "accuracy"))
@@ -14,14 +15,19 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=float, default=None,
                    help="accuracy drop allowed, points (accuracy policy: default 0; others: guard, default 1)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
-    p.add_argument("--data", default="mnist")
+    p.add_argument("--round-to", type=int, help="keep channel counts at multiples of this (default 1)")
+    p.add_argument("--ignore", help="layers never pruned, comma-separated names (see `edgeprune analyze`)")
     p.add_argument("--max-iterations", type=int, help="candidates tried at most (default 10)")
     p.add_argument("--step", type=float, help="λ: threshold increase per iteration (default 0.15)")
     p.add_argument("--finetune-epochs", type=int, help="recovery epochs per candidate (default 3)")
     p.add_argument("--finetune-samples", type=int, help="training images per fine-tune (default 8000)")
+    p.add_argument("--finetune-lr", type=float,
+                   help="recovery learning rate (default: the checkpoint's optimizer at a reduced rate)")
     p.add_argument("--distill", type=float, help="weight of the unpruned model's soft targets (default 0.5)")
     p.add_argument("--runs", type=int, default=None, help="counted runs per measurement (default: protocol)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="accept a baseline at chance-level accuracy (random weights)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
     p.add_argument("--json", action="store_true")
@@ -33,11 +39,13 @@ def run(args) -> int:
     from edgeprune.policies import AdaptiveConfig
     from edgeprune.targets import load_target
 
+    ckpt = load_cli_model(args)
     target = load_target(args.profile or args.target)
     cfg = CompressConfig(policy=args.policy, budget=args.budget, tolerance=args.tolerance,
                          precision=args.precision, data=args.data, runs=args.runs,
+                         finetune_lr=args.finetune_lr, allow_untrained=args.allow_untrained,
                          adaptive=AdaptiveConfig(seed=args.seed, **_adaptive_overrides(args)))
-    result = compress(args.model, target, cfg, args.out, resume=args.resume)
+    result = compress(ckpt, target, cfg, args.out, resume=args.resume)
     if args.json:
         emit_json(result)
     else:
@@ -47,8 +55,11 @@ def run(args) -> int:
 
 def _adaptive_overrides(args) -> dict:
     """The adaptive settings given on the command line; the rest keep AdaptiveConfig's defaults."""
-    names = ("max_iterations", "step", "finetune_epochs", "finetune_samples", "distill")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    names = ("max_iterations", "step", "finetune_epochs", "finetune_samples", "distill", "round_to")
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.ignore:
+        given["ignored"] = tuple(name.strip() for name in args.ignore.split(",") if name.strip())
+    return given
 
 
 def print_summary(result: dict, out: str) -> None:
@@ -59,6 +70,7 @@ def print_summary(result: dict, out: str) -> None:
     verdict = "met" if result["met"] else "NOT met"
     print(f"{result['policy']} budget {result['budget'] or '-'} on {result['target']}: {verdict} "
           f"after {result['iterations']} candidates ({result['wall_seconds']} s)")
+    print(f"  {result['reason']}")
     for name, s in (("baseline", b), ("final", f)):
         m = s["measurement"]
         print(f"  {name:<8} acc {s['accuracy']:.2f}%  params {s['params']:,}  MACs {s['macs']:,}  "

@@ -10,7 +10,7 @@ dicts, one per line of history.jsonl), so a run can be replayed and resumed exac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from edgeprune.errors import BadInputError
 from edgeprune.policies.budget import Budget
@@ -50,17 +50,38 @@ class Policy:
         return self.name != "accuracy" and row is not baseline and self.meets_budget(row, baseline)
 
     def select(self, rows: List[Row], baseline: Row) -> Row:
-        """The final candidate: best accuracy within budget, or smallest within tolerance."""
-        tried = [r for r in rows if r is not baseline]
+        """The candidate to ship, always one that passed the guard: the most accurate good one
+        within budget, else the good one closest to the budget (reported as not met); the
+        accuracy policy takes the smallest good one. The baseline when no candidate is good."""
+        good = [r for r in rows if r is not baseline and self.good(r, baseline)]
         if self.name == "accuracy":
-            good = [r for r in tried if self.good(r, baseline)]
             return min(good, key=lambda r: (r["params"], -r["accuracy"])) if good else baseline
-        met = [r for r in tried if self.meets_budget(r, baseline)]
+        met = [r for r in good if self.meets_budget(r, baseline)]
         if met:
             return max(met, key=lambda r: (r["accuracy"], -r["macs"]))
-        # Budget missed: the closest candidate that kept its accuracy (reported as not met).
-        good = [r for r in tried if self.good(r, baseline)] or [baseline]
-        return min(good, key=lambda r: self.budget.observed(r) or float("inf"))
+        return min(good, key=lambda r: self.budget.observed(r) or float("inf")) if good else baseline
+
+    def verdict(self, final: Row, baseline: Row, verified: bool) -> Tuple[bool, str]:
+        """`met` and why, decided here only: the shipped candidate passed the accuracy guard,
+        its final MEASUREMENT meets the budget, and its artifacts passed verification."""
+        drop = baseline["accuracy"] - final["accuracy"]
+        if final is baseline or final.get("iteration") == baseline.get("iteration"):
+            return False, ("no pruned candidate kept validation accuracy within the "
+                           f"{self.guard:g}-point guard; the unpruned model is returned")
+        if not self.good(final, baseline):
+            return False, f"the candidate lost {drop:.2f} points, more than the {self.guard:g}-point guard"
+        if not self.meets_budget(final, baseline):
+            seen = self.budget.observed(final)
+            return False, (f"no candidate within the {self.guard:g}-point accuracy guard met the budget "
+                           f"{self.budget.text} by measurement (best good candidate: {_fmt(seen)}, "
+                           f"{drop:.2f} points lost)")
+        if not verified:
+            return False, "the artifacts failed verification on the target"
+        return True, f"budget {self.budget.text or 'n/a'} met by measurement, {drop:.2f} points lost (guard {self.guard:g})"
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "not measured" if value is None else f"{value:.4g}"
 
 
 def make_policy(name: str, budget: Budget, tolerance: Optional[float]) -> Policy:

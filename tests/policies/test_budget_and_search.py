@@ -101,3 +101,37 @@ def test_unmet_budget_falls_back_to_the_fastest_good_candidate():
     baseline = {**row(0, 99.0, 10.0), "good": True}
     rows = [baseline, {**row(1, 98.5, 7.0), "good": True}, {**row(2, 90.0, 5.5), "good": False}]
     assert policy.select(rows, baseline)["iteration"] == 1
+
+
+def test_a_candidate_that_failed_the_guard_never_ships_even_within_budget():
+    # the reported fault: 85% -> 14.4% shipped as met, because it was the only one in budget
+    policy = make_policy("latency", parse_budget("latency", "0.5x"), None)
+    baseline = row(0, 85.0, 10.0)
+    rows = [baseline, row(1, 84.5, 8.0), row(2, 14.4, 3.0)]
+    final = policy.select(rows, baseline)
+    assert final["iteration"] == 1
+    met, reason = policy.verdict(final, baseline, verified=True)
+    assert not met and "guard" in reason and "budget" in reason
+
+
+def test_verdict_needs_guard_budget_and_verification():
+    policy = make_policy("memory", parse_budget("memory", "2MB"), 1.0)
+    baseline = {**row(0, 90.0, 10.0), "artifact_bytes": 4_000_000}
+    small = {**row(1, 89.5, 5.0), "artifact_bytes": 1_000_000}
+    assert policy.verdict(small, baseline, verified=True)[0]
+    assert not policy.verdict(small, baseline, verified=False)[0]
+    ruined = {**small, "accuracy": 50.0}
+    met, reason = policy.verdict(ruined, baseline, verified=True)
+    assert not met and "50" not in reason and "40.00 points" in reason
+    met, reason = policy.verdict(baseline, baseline, verified=True)
+    assert not met and "unpruned" in reason
+
+
+def test_no_good_candidate_ships_the_baseline_as_not_met():
+    for name, budget in (("latency", "0.5x"), ("accuracy", None)):
+        policy = make_policy(name, parse_budget(name, budget), 0.5)
+        baseline = row(0, 90.0, 10.0)
+        rows = [baseline, row(1, 80.0, 4.0), row(2, 70.0, 3.0)]
+        final = policy.select(rows, baseline)
+        assert final is baseline
+        assert not policy.verdict(final, baseline, verified=True)[0]
