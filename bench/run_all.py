@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_foundation.py", "bench_export.py", "bench_agents.py", "bench_compress.py"]
+BENCHES = ["bench_foundation.py", "bench_export.py", "bench_agents.py", "bench_compress.py", "bench_conformance.py"]
 
 
 def main() -> int:

@@ -31,7 +31,8 @@ from edgeprune.policies import AdaptiveConfig, make_policy, parse_budget, prune_
 from edgeprune.policies.budget import comparable_p50
 from edgeprune.policies.latency_model import AIM_MARGIN, LatencyModel
 from edgeprune.policies.search import LoopState, Row
-from edgeprune.train import evaluate, finetune, recalibrate_bn
+from edgeprune.pruning.recovery import RecoveryConfig, recover
+from edgeprune.train import evaluate
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PROBE_MACS = 0.15      # the latency probe's share of the MACs: near where 0.5x budgets land
@@ -99,7 +100,6 @@ class _Job:
     val: LabeledData
     test: LabeledData
     calibration: List[Any]
-    recipe: Dict[str, Any]
     progress: bool = True
 
     @property
@@ -144,8 +144,6 @@ def compress(model: Union[str, Path, Checkpoint], target: Any, cfg: CompressConf
 def _make_job(model, target, cfg: CompressConfig, out: Path, resume: bool, progress: bool) -> _Job:
     """Load and check everything before anything is written to `out`: a corrupt model or a
     wrong data set must leave no half-made run behind."""
-    from edgeprune.train import finetune_recipe
-
     ckpt = model if isinstance(model, Checkpoint) else load_model(model)
     c, _, size = ckpt.input_shape
     classes = ckpt.metadata.get("num_classes")
@@ -153,12 +151,9 @@ def _make_job(model, target, cfg: CompressConfig, out: Path, resume: bool, progr
     sets = [load_dataset(source, s, channels=c, size=size, num_classes=classes) for s in ("train", "val", "test")]
     if not cfg.allow_untrained:
         check_trained(ckpt, sets[1])
-    recipe = finetune_recipe(ckpt.metadata)
-    if cfg.finetune_lr is not None:
-        recipe["lr"] = cfg.finetune_lr
     _check_out_dir(out, cfg, target, resume)
     calib = list(sets[0].subset(cfg.adaptive.calibration_samples).loader(64))
-    return _Job(cfg, target, out, ckpt, *sets, calib, recipe, progress)
+    return _Job(cfg, target, out, ckpt, *sets, calib, progress)
 
 
 def check_trained(ckpt: Checkpoint, val: LabeledData) -> float:
@@ -253,11 +248,9 @@ def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
     aimed = _aimed_threshold(job, rows, loop, model)  # on this state's renormalized scores
     threshold = aimed if aimed > 0 else loop.threshold + loop.step
     removed = prune_by_threshold(model, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
-    recalibrate_bn(model, job.train)
     a = job.cfg.adaptive
-    finetune(model, job.train.subset(a.finetune_samples), a.finetune_epochs, job.recipe["lr"],
-             seed=a.seed + iteration, progress=job.progress, teacher=job.ckpt.model, distill=a.distill,
-             optimizer=job.recipe["optimizer"])
+    recover(model, job.ckpt.model, job.train.subset(a.finetune_samples), job.ckpt.metadata,
+            RecoveryConfig(a.finetune_epochs, job.cfg.finetune_lr, a.distill, a.seed + iteration, job.progress))
     _save_state(job, iteration, model)
     row = _measure_row(job, iteration, model, parent, threshold)
     _confirm(job, row)

@@ -39,6 +39,7 @@ def run(args) -> int:
     from edgeprune.commands._model_args import data_for, load_cli_model
     from edgeprune.models import save_checkpoint
     from edgeprune.pruning import PruneConfig, create_importance, load_spec, prune
+    from edgeprune.pruning.recovery import RecoveryConfig, recover
     from edgeprune.train import evaluate
 
     ckpt = load_cli_model(args)
@@ -55,7 +56,8 @@ def run(args) -> int:
     prune(ckpt.model, cfg, ckpt.example_input(), batches, notes=notes)
     for note in notes:
         log(f"note: {note}")
-    recovery = recover(ckpt, teacher, train_set, args)
+    recovery = recover(ckpt.model, teacher, train_set, ckpt.metadata,
+                       RecoveryConfig(args.finetune_epochs, args.finetune_lr, args.distill, args.seed))
     acc = evaluate(ckpt.model, test)
     params_after = sum(p.numel() for p in ckpt.model.parameters())
     meta = {**ckpt.metadata, "accuracy": acc["top1"], "top5": acc["top5"],
@@ -71,17 +73,3 @@ def run(args) -> int:
             f"({100 * params_after / params_before:.1f}%)")
         print(f"test top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%  ({acc['samples']} samples)  -> {args.out}")
     return 0
-
-
-def recover(ckpt, teacher, train_set, args) -> dict:
-    """BatchNorm recalibration, then distillation fine-tuning; returns what was done."""
-    from edgeprune.train import finetune, finetune_recipe, recalibrate_bn
-
-    recalibrate_bn(ckpt.model, train_set)
-    recipe = finetune_recipe(ckpt.metadata)
-    if args.finetune_lr is not None:
-        recipe["lr"] = args.finetune_lr
-    if args.finetune_epochs > 0:
-        finetune(ckpt.model, train_set, args.finetune_epochs, recipe["lr"], seed=args.seed,
-                 teacher=teacher, distill=args.distill, optimizer=recipe["optimizer"])
-    return {"bn_recalibrated": True, "finetune_epochs": args.finetune_epochs, "distill": args.distill, **recipe}

@@ -1,0 +1,129 @@
+"""One conformance run of a model family, through the Python API as a user would drive it:
+quick train at 3x32x32, `prune --ratio 0.5` with two criteria (with recovery), export ONNX and
+TFLite at fp32 and int8, verify each against PyTorch, profile on x86-ort.
+
+The test suite (test_conformance.py) asserts on the returned record; bench/bench_conformance.py
+prints it as the family x step table.
+"""
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+SHAPE = (3, 32, 32)
+CRITERIA = ("l1", "activation")
+ARTIFACTS = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"))
+ZOO = {"resnet20": {"width": 8}, "mobilenet_v2": {"width": 0.5}}
+FAMILY_MODULE = "tests.conformance.families"
+
+
+def family_refs() -> Dict[str, str]:
+    """Architecture reference of every conformance family: zoo names and module:factory."""
+    from tests.conformance.families import FAMILIES
+
+    return {**{f"zoo-{name}": name for name in ZOO}, **{name: f"{FAMILY_MODULE}:{name}" for name in FAMILIES}}
+
+
+def run_family(name: str, work: Path, epochs: int = 1, samples: int = 4000, test_samples: int = 1000,
+               seed: int = 0) -> Dict[str, Any]:
+    """Every step for one family; each step records its figures or the one-line error it raised."""
+    from edgeprune.data import load_dataset
+
+    work.mkdir(parents=True, exist_ok=True)
+    train_set = load_dataset("mnist", "train", channels=SHAPE[0], size=SHAPE[1]).subset(samples)
+    test_set = load_dataset("mnist", "test", channels=SHAPE[0], size=SHAPE[1]).subset(test_samples)
+    record: Dict[str, Any] = {"family": name, "arch": family_refs()[name], "steps": {}}
+    steps = record["steps"]
+    ckpt_path = work / f"{name}.pt"
+    steps["train"] = _step(lambda: _train(record["arch"], ckpt_path, train_set, test_set, epochs, seed))
+    if not steps["train"]["ok"]:
+        return record
+    for criterion in CRITERIA:
+        steps[f"prune-{criterion}"] = _step(
+            lambda: _prune(ckpt_path, work / f"{name}-{criterion}.pt", criterion, train_set, test_set, seed))
+    pruned = work / f"{name}-{CRITERIA[0]}.pt"
+    if not steps[f"prune-{CRITERIA[0]}"]["ok"]:
+        return record
+    for fmt, precision in ARTIFACTS:
+        out = work / f"{name}-{precision}.{fmt}"
+        steps[f"{fmt}-{precision}"] = _step(lambda: _export_verify(pruned, out, fmt, precision, train_set, test_set))
+    steps["profile"] = _step(lambda: _profile(work / f"{name}-fp32.onnx", work / f"{name}-int8.onnx"))
+    return record
+
+
+def _step(fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    start = time.time()
+    try:
+        out = {"ok": True, **fn()}
+    except Exception as exc:  # recorded, not raised: the table shows every failing step
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+               "traceback": traceback.format_exc()}
+    out["seconds"] = round(time.time() - start, 1)
+    return out
+
+
+def _train(arch: str, path: Path, train_set, test_set, epochs: int, seed: int) -> Dict[str, Any]:
+    from edgeprune.models import create_model, load_model, save_checkpoint
+    from edgeprune.train import TrainConfig, evaluate, train
+
+    if ":" in arch:
+        model, kwargs = load_model(arch, input_shape=SHAPE).model, {}
+        cfg = TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, seed=seed, progress=False)
+    else:
+        kwargs = ZOO[arch]
+        model = create_model(arch, in_channels=SHAPE[0], input_size=SHAPE[1], **kwargs)
+        cfg = TrainConfig(epochs=epochs, seed=seed, progress=False)
+    train(model, train_set, cfg)
+    acc = evaluate(model, test_set)["top1"]
+    meta = {"input_shape": list(SHAPE), "num_classes": 10, "dataset": "mnist", "accuracy": acc,
+            "train": cfg.to_dict()}
+    save_checkpoint(path, model, arch, kwargs, meta)
+    return {"accuracy": acc, "params": sum(p.numel() for p in model.parameters()), "optimizer": cfg.optimizer}
+
+
+def _prune(src: Path, dst: Path, criterion: str, train_set, test_set, seed: int) -> Dict[str, Any]:
+    from edgeprune.models import load_model, save_checkpoint
+    from edgeprune.pruning import PruneConfig, prune
+    from edgeprune.pruning.recovery import RecoveryConfig, recover
+    from edgeprune.train import evaluate
+
+    ckpt = load_model(src)
+    teacher = copy.deepcopy(ckpt.model)
+    before = sum(p.numel() for p in ckpt.model.parameters())
+    notes: List[str] = []
+    calibration = list(train_set.subset(256).loader(64))
+    prune(ckpt.model, PruneConfig(ratio=0.5, importance=criterion), ckpt.example_input(), calibration, notes=notes)
+    recover(ckpt.model, teacher, train_set, ckpt.metadata, RecoveryConfig(epochs=1, seed=seed, progress=False))
+    acc = evaluate(ckpt.model, test_set)["top1"]
+    save_checkpoint(dst, ckpt.model, ckpt.arch, ckpt.arch_kwargs, {**ckpt.metadata, "accuracy": acc})
+    reloaded = load_model(dst)  # the channel spec must rebuild the pruned graph exactly
+    after = sum(p.numel() for p in reloaded.model.parameters())
+    return {"accuracy": acc, "params_before": before, "params_after": after,
+            "params_kept": round(after / before, 3), "notes": notes}
+
+
+def _export_verify(model: Path, out: Path, fmt: str, precision: str, train_set, test_set) -> Dict[str, Any]:
+    from edgeprune.export import ExportConfig, export, verify
+
+    artifact = export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set.subset(256))
+    check = verify(artifact, model, data=test_set).to_dict()
+    return {"bytes": Path(artifact).stat().st_size, "top1_agreement": check["top1_agreement"],
+            "accuracy": check["accuracy"], "reference_accuracy": check["reference_accuracy"],
+            "passed": check["passed"], "float_layers": check.get("float_layers", [])}
+
+
+def _profile(fp32: Path, int8: Path) -> Dict[str, Any]:
+    from edgeprune.targets import load_target
+
+    with load_target("x86-ort") as target:
+        m32, m8 = target.measure(fp32, runs=50), target.measure(int8, runs=50)
+    return {"fp32": _measured(m32), "int8": _measured(m8)}
+
+
+def _measured(m) -> Dict[str, Any]:
+    d = m.to_dict()
+    return {"p50_ms": d["latency_ms"]["p50"], "cv": d["latency_ms"]["cv"], "source": d["source"],
+            "runtime": d["runtime"], "threads": d["threads"], "runs": d["runs"]}

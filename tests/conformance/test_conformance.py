@@ -1,0 +1,29 @@
+"""Conformance: every CNN family a user is likely to bring goes through train, prune (two
+criteria), export (ONNX and TFLite at fp32 and int8), verify and profile."""
+import pytest
+
+from tests.conformance.pipeline import ARTIFACTS, CRITERIA, family_refs, run_family
+
+pytestmark = pytest.mark.slow
+INT8_AGREEMENT = 0.98
+
+
+@pytest.mark.parametrize("family", sorted(family_refs()))
+def test_family_conforms(family, tmp_path):
+    record = run_family(family, tmp_path)
+    steps = record["steps"]
+    failed = {k: v["error"] for k, v in steps.items() if not v["ok"]}
+    assert not failed, "\n".join(f"{k}: {e}\n{steps[k]['traceback']}" for k, e in failed.items())
+    assert steps["train"]["accuracy"] > 60, steps["train"]
+    for criterion in CRITERIA:
+        pruned = steps[f"prune-{criterion}"]
+        assert pruned["params_after"] < pruned["params_before"], pruned
+        assert pruned["accuracy"] > 50, pruned  # recovered, not at chance
+    for fmt, precision in ARTIFACTS:
+        step = steps[f"{fmt}-{precision}"]
+        assert step["passed"], step
+        floor = INT8_AGREEMENT if precision == "int8" else 0.99
+        assert step["top1_agreement"] >= floor, (fmt, precision, step)
+    for precision in ("fp32", "int8"):
+        m = steps["profile"][precision]
+        assert m["source"] == "device" and m["runs"] >= 50 and m["p50_ms"] > 0
