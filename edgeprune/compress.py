@@ -13,16 +13,15 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
-from tqdm import tqdm
 
 from edgeprune._io import atomic_write_bytes
+from edgeprune._progress import progress as progress_bar, write
 from edgeprune.analysis import analyze
 from edgeprune.data import LabeledData, load_dataset
 from edgeprune.errors import BadInputError
@@ -114,7 +113,7 @@ class _Job:
 
     def log(self, message: str) -> None:
         if self.progress:
-            tqdm.write(message, file=sys.stderr)
+            write(message)
 
 
 def compress(model: Union[str, Path, Checkpoint], target: Any, cfg: CompressConfig,
@@ -130,8 +129,8 @@ def compress(model: Union[str, Path, Checkpoint], target: Any, cfg: CompressConf
         if not rows:
             rows = [_baseline_row(job)]
         policy = cfg.policy_obj
-        bar = tqdm(total=cfg.adaptive.max_iterations, initial=len(rows) - 1, desc="compress",
-                   file=sys.stderr, disable=not progress)
+        bar = progress_bar(total=cfg.adaptive.max_iterations, initial=len(rows) - 1, desc="compress",
+                           enabled=progress)
         search(rows, policy, rows[0]["threshold"], rows[0]["step"], cfg.adaptive.max_iterations,
                cfg.adaptive.max_resets, lambda loop: _candidate(job, rows, loop),
                lambda row: (_append_history(job, row), job.log(_row_line(row)), bar.update(1)))
@@ -250,7 +249,8 @@ def _candidate(job: _Job, rows: List[Row], loop: LoopState) -> Row:
     removed = prune_by_threshold(model, threshold, job.ckpt.example_input(), job.calibration, job.cfg.adaptive)
     a = job.cfg.adaptive
     recover(model, job.ckpt.model, job.train.subset(a.finetune_samples), job.ckpt.metadata,
-            RecoveryConfig(a.finetune_epochs, job.cfg.finetune_lr, a.distill, a.seed + iteration, job.progress))
+            RecoveryConfig(a.finetune_epochs, job.cfg.finetune_lr, a.distill, a.seed + iteration, job.progress),
+            job.ckpt.arch)
     _save_state(job, iteration, model)
     row = _measure_row(job, iteration, model, parent, threshold)
     _confirm(job, row)

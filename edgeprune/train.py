@@ -1,39 +1,56 @@
 """Training, fine-tuning and evaluation (top-1 / top-5), with progress bars on stderr."""
 from __future__ import annotations
 
+import math
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from edgeprune._progress import progress as progress_bar
 from edgeprune.data import LabeledData
 from edgeprune.errors import BadInputError
+
+OPTIMIZERS = ("sgd", "adamw")
+# Per optimizer family: (train lr, weight decay). SGD + one-cycle suits the zoo's BN nets;
+# AdamW + cosine is the safer default for a user's own model (LayerNorm, GELU, no tuning).
+_DEFAULTS = {"sgd": (0.1, 5e-4), "adamw": (1e-3, 0.05)}
+# Fine-tuning a trained model restarts at a fraction of its training lr: the full lr
+# throws the network out of the minimum it found (SGD 0.05 wrecked AdamW-trained models).
+_FINETUNE_FRACTION = {"sgd": 0.5, "adamw": 0.3}
+_FINETUNE_DEFAULT_LR = {"sgd": 0.05, "adamw": 3e-4}
+_FINETUNE_UNSET_LR = {"sgd": 0.01, "adamw": 3e-4}  # finetune(lr=None): the gentle end
 
 
 @dataclass
 class TrainConfig:
-    """SGD with momentum, one-cycle learning rate, light shift augmentation."""
+    """SGD with momentum and one-cycle lr, or AdamW with warm-up and cosine decay; light
+    shift augmentation. `lr` and `weight_decay` default to the optimizer family's values."""
 
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.1
+    lr: Optional[float] = None
+    optimizer: str = "sgd"
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: Optional[float] = None
     shift: int = 2          # random translation in pixels; 0 disables augmentation
     distill: float = 0.0    # weight of the teacher's soft targets (needs a teacher); 0 disables
     temperature: float = 4.0
     seed: int = 0
     threads: Optional[int] = None
     progress: bool = True
-    version: int = 1
+    version: int = 2
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise BadInputError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        lr, weight_decay = _DEFAULTS[self.optimizer]
+        self.lr = lr if self.lr is None else float(self.lr)
+        self.weight_decay = weight_decay if self.weight_decay is None else float(self.weight_decay)
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.distill <= 1:
             raise BadInputError(
                 f"bad training settings: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}, "
@@ -64,10 +81,7 @@ def train(model: nn.Module, data: LabeledData, cfg: TrainConfig,
     if cfg.epochs == 0:
         return {"loss": float("nan"), "seconds": 0.0}
     loader = data.loader(cfg.batch_size, shuffle=True, seed=cfg.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs,
-                                                steps_per_epoch=len(loader))
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * len(loader))
     start, loss = time.time(), float("nan")
     for epoch in range(cfg.epochs):
         loss = _epoch(model, loader, opt, sched, cfg, f"epoch {epoch + 1}/{cfg.epochs}", teacher)
@@ -75,13 +89,56 @@ def train(model: nn.Module, data: LabeledData, cfg: TrainConfig,
     return {"loss": loss, "seconds": time.time() - start}
 
 
-def finetune(model: nn.Module, data: LabeledData, epochs: int = 1, lr: float = 0.01,
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple:
+    """The optimizer and its per-step lr schedule for `steps` optimizer steps."""
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay, nesterov=True)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # A short warm-up: Adam's first steps are full-size (its moments start at zero).
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def finetune(model: nn.Module, data: LabeledData, epochs: int = 1, lr: Optional[float] = None,
              seed: int = 0, progress: bool = True, teacher: Optional[nn.Module] = None,
-             distill: float = 0.0) -> Dict[str, float]:
-    """Short recovery training after pruning: a smaller learning rate, same recipe, and
-    optionally the unpruned model as a teacher."""
-    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, distill=distill)
+             distill: float = 0.0, optimizer: str = "sgd") -> Dict[str, float]:
+    """Short recovery training after pruning: the model's optimizer family at a small
+    learning rate (default: SGD 0.01, AdamW 3e-4; see `finetune_recipe`), and optionally
+    the unpruned model as a teacher."""
+    if lr is None:
+        lr = _FINETUNE_UNSET_LR.get(optimizer, 3e-4)
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, distill=distill,
+                      optimizer=optimizer)
     return train(model, data, cfg, teacher)
+
+
+def finetune_recipe(metadata: Dict[str, Any], arch: str = "") -> Dict[str, Any]:
+    """The fine-tune settings that fit a checkpoint: `{"optimizer": ..., "lr": ...}`.
+
+    The optimizer family it was trained with (metadata["train"]) at a fraction of its
+    training lr. Without a record: SGD at 0.05 for zoo models, AdamW at 3e-4 for a
+    `package.module:factory` (`arch`), the family a user's own model most likely fits.
+    """
+    recorded = metadata.get("train") if isinstance(metadata, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    # Checkpoints written before the optimizer was recorded were all trained with SGD.
+    family = recorded.get("optimizer", "sgd" if recorded else None)
+    train_lr = recorded.get("lr")
+    if family not in OPTIMIZERS or not isinstance(train_lr, (int, float)) or train_lr <= 0:
+        family = family if family in OPTIMIZERS else ("adamw" if ":" in str(arch) else "sgd")
+        return {"optimizer": family, "lr": _FINETUNE_DEFAULT_LR[family]}
+    lr = float(train_lr) * _FINETUNE_FRACTION[family]
+    if family == "sgd":
+        lr = min(lr, _FINETUNE_DEFAULT_LR["sgd"])  # 0.05 recovers the zoo's nets (bench_compress)
+    return {"optimizer": family, "lr": lr}
 
 
 def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str, teacher: Optional[nn.Module]) -> float:
@@ -89,7 +146,7 @@ def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str, teacher: Opti
     if teacher is not None:
         teacher.eval()
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=desc, file=sys.stderr, disable=not cfg.progress, leave=False)
+    bar = progress_bar(loader, desc=desc, enabled=cfg.progress)
     for x, y in bar:
         x = random_shift(x, cfg.shift)
         logits = model(x)

@@ -49,7 +49,7 @@ def main() -> int:
     notes: list = []
     prune(ckpt.model, PruneConfig(ratio=0.5, importance="l1", round_to=4),
           ckpt.example_input(), notes=notes)
-    recover(ckpt.model, teacher, train_set, meta, RecoveryConfig(epochs=1, progress=False))
+    recover(ckpt.model, teacher, train_set, meta, RecoveryConfig(epochs=1, progress=False), FACTORY)
     pruned_acc = evaluate(ckpt.model, data["test"])["top1"]
     save_checkpoint(out / "pruned.pt", ckpt.model, FACTORY, {}, {**meta, "accuracy": pruned_acc})
     before, after = analyze(teacher, SHAPE), analyze(ckpt.model, SHAPE)

@@ -1,10 +1,14 @@
-"""Training raises accuracy, is reproducible with a seed, and rejects mismatched data."""
+"""Training raises accuracy, is reproducible with a seed, and rejects mismatched data;
+fine-tuning follows the recipe the model was trained with."""
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from edgeprune.errors import BadInputError
 from edgeprune.models import create_model
-from edgeprune.train import TrainConfig, evaluate, random_shift, train
+from edgeprune.train import TrainConfig, evaluate, finetune, finetune_recipe, random_shift, train
 
 
 def test_training_raises_accuracy(mnist_train, mnist_test):
@@ -66,3 +70,53 @@ def test_distillation_pulls_the_student_toward_its_teacher(mnist_train):
 def test_distill_weight_outside_0_1_is_rejected():
     with pytest.raises(BadInputError, match="distill"):
         TrainConfig(distill=1.5)
+
+
+def test_optimizer_families_have_their_own_defaults():
+    sgd, adamw = TrainConfig(), TrainConfig(optimizer="adamw")
+    assert (sgd.optimizer, sgd.lr, sgd.weight_decay) == ("sgd", 0.1, 5e-4)
+    assert (adamw.lr, adamw.weight_decay) == (1e-3, 0.05)
+    assert TrainConfig(optimizer="adamw", lr=3e-3).to_dict()["lr"] == 3e-3
+    with pytest.raises(BadInputError, match="unknown optimizer 'adam'"):
+        TrainConfig(optimizer="adam")
+
+
+@pytest.mark.parametrize("metadata, arch, expected", [
+    ({"train": {"optimizer": "adamw", "lr": 1e-3}}, "resnet20", {"optimizer": "adamw", "lr": 3e-4}),
+    ({"train": {"optimizer": "sgd", "lr": 0.1}}, "pkg.mod:net", {"optimizer": "sgd", "lr": 0.05}),
+    ({"train": {"optimizer": "sgd", "lr": 0.02}}, "resnet20", {"optimizer": "sgd", "lr": 0.01}),
+    ({"train": {"lr": 0.1, "momentum": 0.9}}, "resnet20", {"optimizer": "sgd", "lr": 0.05}),  # before v2
+    ({}, "resnet20", {"optimizer": "sgd", "lr": 0.05}),
+    ({}, "pkg.mod:net", {"optimizer": "adamw", "lr": 3e-4}),
+    ({"train": {"optimizer": "adamw"}}, "resnet20", {"optimizer": "adamw", "lr": 3e-4}),
+])
+def test_finetune_recipe(metadata, arch, expected):
+    got = finetune_recipe(metadata, arch)
+    assert got["optimizer"] == expected["optimizer"] and got["lr"] == pytest.approx(expected["lr"])
+
+
+def _layernorm_net() -> nn.Module:
+    """GroupNorm(1) (LayerNorm over channels) and GELU, as in ConvNeXt-style user models."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(1, 16), nn.GELU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GroupNorm(1, 32), nn.GELU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(32 * 49, 10))
+
+
+def test_adamw_model_keeps_its_accuracy_when_finetuned_with_its_recipe(mnist_train, mnist_test):
+    """The failure users saw: SGD at 0.05 wrecks an AdamW-trained net; its recipe does not."""
+    torch.manual_seed(0)
+    model = _layernorm_net()
+    cfg = TrainConfig(epochs=2, batch_size=64, optimizer="adamw", progress=False)
+    train(model, mnist_train.subset(2000), cfg)
+    trained = evaluate(model, mnist_test)["top1"]
+    assert trained > 70
+    recipe = finetune_recipe({"train": cfg.to_dict()})
+    assert recipe == {"optimizer": "adamw", "lr": pytest.approx(3e-4)}
+    after = {}
+    for name, kwargs in (("recipe", recipe), ("fixed sgd", {"optimizer": "sgd", "lr": 0.05})):
+        tuned = copy.deepcopy(model)
+        finetune(tuned, mnist_train.subset(1000), 1, progress=False, **kwargs)
+        after[name] = evaluate(tuned, mnist_test)["top1"]
+    assert after["recipe"] >= trained - 3
+    assert after["fixed sgd"] < trained - 30

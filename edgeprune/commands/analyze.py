@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from edgeprune.commands._common import emit_json
+from edgeprune.commands._model_args import add_model_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="params, MACs, size and a per-layer table (static estimates)")
-    p.add_argument("model", help="an edgeprune checkpoint (.pt) or package.module:factory")
-    p.add_argument("--weights", help="weights for a module:factory model")
+    add_model_args(p, data_help="data set whose image size a module:factory model takes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 

@@ -57,7 +57,7 @@ def run(args) -> int:
     for note in notes:
         log(f"note: {note}")
     recovery = recover(ckpt.model, teacher, train_set, ckpt.metadata,
-                       RecoveryConfig(args.finetune_epochs, args.finetune_lr, args.distill, args.seed))
+                       RecoveryConfig(args.finetune_epochs, args.finetune_lr, args.distill, args.seed), ckpt.arch)
     acc = evaluate(ckpt.model, test)
     params_after = sum(p.numel() for p in ckpt.model.parameters())
     meta = {**ckpt.metadata, "accuracy": acc["top1"], "top5": acc["top5"],

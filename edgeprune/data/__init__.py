@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from edgeprune.data.loaders import images_to_tensor, load_folder, load_npz, split_arrays
+from edgeprune.data.loaders import (
+    check_labels, check_split, images_to_tensor, load_folder, load_npz, split_arrays,
+)
 from edgeprune.data.mnist import load_mnist_arrays, mnist_split_indices
 from edgeprune.errors import BadInputError
 
@@ -62,13 +64,14 @@ def load_dataset(source: DataSource = "mnist", split: str = "test", channels: Op
     if split not in SPLITS:
         raise BadInputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     images, labels, name = _read_source(source)
+    classes = check_labels(labels, num_classes, name)
     if isinstance(source, Dataset):
         idx = np.arange(len(labels))
     elif name == "mnist":
         idx = mnist_split_indices()[split]
     else:
+        check_split(labels, name)
         idx = split_arrays(labels)[split]
-    classes = _check_labels(labels, num_classes, name)
     x = images_to_tensor(images[idx], channels, size)
     return LabeledData(x, torch.as_tensor(labels[idx], dtype=torch.int64), classes, name)
 
@@ -99,18 +102,9 @@ def _from_dataset(ds: Dataset) -> Tuple[np.ndarray, np.ndarray]:
         y = np.asarray([int(v) for v in ys], dtype=np.int64)
     except (TypeError, ValueError) as exc:
         raise BadInputError(f"data set items must be (image, label) pairs of equal shape: {exc}") from None
+    if not np.isfinite(x).all():  # a Dataset may be normalized, so only NaN/inf are refused
+        raise BadInputError("the data set has NaN or infinite pixel values")
     return x, y
-
-
-def _check_labels(labels: np.ndarray, num_classes: Optional[int], name: str) -> int:
-    if labels.size == 0:
-        raise BadInputError(f"data set {name} has no samples")
-    if labels.min() < 0:
-        raise BadInputError(f"data set {name} has a negative label ({labels.min()})")
-    classes = num_classes or int(labels.max()) + 1
-    if labels.max() >= classes:
-        raise BadInputError(f"data set {name} has label {labels.max()} out of range for {classes} classes")
-    return classes
 
 
 def calibration_batches(data: LabeledData, n: int = 256, batch_size: int = 32) -> Iterator[np.ndarray]:

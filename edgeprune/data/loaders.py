@@ -29,8 +29,76 @@ def load_npz(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1 or len(y) != len(x):
         raise BadInputError(f"{path}: y must be one label per image ({len(x)}), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise BadInputError(f"{path}: labels must be integers, got {y.dtype}")
+        raise BadInputError(f"{path}: labels y must be integers 0..K-1, got {y.dtype}")
+    check_pixels(x, str(path))
     return x, y.astype(np.int64)
+
+
+def check_pixels(x: np.ndarray, name: str) -> None:
+    """Images must be uint8 0-255 or float 0-1: anything else would be scaled wrongly in
+    silence (sklearn's digits are float 0-16 and trained to chance)."""
+    if x.dtype == np.uint8 or x.size == 0:
+        return
+    if np.issubdtype(x.dtype, np.floating):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise BadInputError(f"{name}: x has {bad} NaN or infinite values; fix or drop those images")
+        lo, hi = float(x.min()), float(x.max())
+        if lo >= 0 and hi <= 1:
+            return
+        raise BadInputError(f"{name}: x is {x.dtype} with values {lo:g} to {hi:g}, but float images "
+                            f"must lie in 0-1 (or be uint8 0-255): {_rescale_hint(lo, hi)}")
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        lo, hi = int(x.min()), int(x.max())
+        hint = ("store them as x.astype(np.uint8)" if 0 <= lo and 128 < hi <= 255
+                else _rescale_hint(lo, hi) + " and store float32")
+        raise BadInputError(f"{name}: x is {x.dtype} with values {lo} to {hi}; images must be "
+                            f"uint8 0-255 or float 0-1: {hint}")
+    raise BadInputError(f"{name}: x has dtype {x.dtype}; images must be uint8 0-255 or float 0-1")
+
+
+def _rescale_hint(lo: float, hi: float) -> str:
+    if lo < 0:
+        return "they look normalized (mean/std); store the images before normalization, in 0-1"
+    if hi <= 255:
+        scale = 255 if hi > 128 else int(np.ceil(hi))
+        return f"divide by {scale} (x / {scale})"
+    return "rescale them to 0-1 (for example x / x.max())"
+
+
+# The fixed 80/10/10 split gives every class a sample in val and test from 8 samples on;
+# 10 leaves a margin and is easy to state.
+MIN_PER_CLASS = 10
+
+
+def check_labels(labels: np.ndarray, num_classes: Optional[int], name: str) -> int:
+    """Labels are integers 0..K-1 with K >= 2 and no gaps; returns K (or `num_classes`)."""
+    if labels.size == 0:
+        raise BadInputError(f"data set {name} has no samples")
+    if labels.min() < 0:
+        raise BadInputError(f"data set {name} has a negative label ({labels.min()}); labels must be 0..K-1")
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise BadInputError(f"data set {name} has one class only (label {present[0]}); a classifier needs two or more")
+    classes = num_classes or int(labels.max()) + 1
+    if labels.max() >= classes:
+        raise BadInputError(f"data set {name} has label {labels.max()} out of range for {classes} classes")
+    missing = np.setdiff1d(np.arange(int(labels.max()) + 1), present)
+    if missing.size:
+        raise BadInputError(
+            f"data set {name} has no sample of label {missing[0]} ({missing.size} labels missing); labels "
+            f"must be 0..K-1 without gaps: renumber them (np.unique(y, return_inverse=True)[1])")
+    return classes
+
+
+def check_split(labels: np.ndarray, name: str) -> None:
+    """Enough samples per class that train, val and test each get some."""
+    counts = np.bincount(labels)
+    fewest = int(np.argmin(counts))
+    if counts[fewest] < MIN_PER_CLASS:
+        raise BadInputError(
+            f"data set {name}: class {fewest} has {counts[fewest]} samples; the 80/10/10 "
+            f"train/val/test split needs at least {MIN_PER_CLASS} per class")
 
 
 def load_folder(path: Path) -> Tuple[np.ndarray, np.ndarray]:
@@ -42,6 +110,10 @@ def load_folder(path: Path) -> Tuple[np.ndarray, np.ndarray]:
              if f.suffix.lower() in _IMAGE_SUFFIXES]
     if not files:
         raise BadInputError(f"image folder {path} has no images in class subfolders")
+    empty = [d.name for label, d in enumerate(classes) if not any(lab == label for _, lab in files)]
+    if empty:
+        raise BadInputError(f"image folder {path}: class folder {empty[0]!r} has no images "
+                            f"({', '.join(sorted(_IMAGE_SUFFIXES))}); remove it or add images")
     images = []
     for f, _ in files:
         try:

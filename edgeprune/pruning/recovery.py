@@ -37,14 +37,15 @@ class RecoveryConfig:
 
 
 def recover(model: nn.Module, teacher: Optional[nn.Module], data: LabeledData, metadata: Dict[str, Any],
-            cfg: Optional[RecoveryConfig] = None) -> Dict[str, Any]:
+            cfg: Optional[RecoveryConfig] = None, arch: str = "") -> Dict[str, Any]:
     """Recalibrate BatchNorm and fine-tune `model` in place; returns what was done (for the
-    checkpoint's metadata). `metadata` is the unpruned checkpoint's: it names the optimizer."""
+    checkpoint's metadata). `metadata` and `arch` are the unpruned checkpoint's: they say
+    which optimizer family the model was trained with."""
     from edgeprune.train import finetune, finetune_recipe, recalibrate_bn
 
     cfg = cfg or RecoveryConfig()
     recalibrate_bn(model, data)
-    recipe = finetune_recipe(metadata)
+    recipe = finetune_recipe(metadata, arch)
     if cfg.lr is not None:
         recipe["lr"] = cfg.lr
     if cfg.epochs > 0:

@@ -96,7 +96,7 @@ def _prune(src: Path, dst: Path, criterion: str, train_set, test_set, seed: int)
     notes: List[str] = []
     calibration = list(train_set.subset(256).loader(64))
     prune(ckpt.model, PruneConfig(ratio=0.5, importance=criterion), ckpt.example_input(), calibration, notes=notes)
-    recover(ckpt.model, teacher, train_set, ckpt.metadata, RecoveryConfig(epochs=1, seed=seed, progress=False))
+    recover(ckpt.model, teacher, train_set, ckpt.metadata, RecoveryConfig(epochs=1, seed=seed, progress=False), ckpt.arch)
     acc = evaluate(ckpt.model, test_set)["top1"]
     save_checkpoint(dst, ckpt.model, ckpt.arch, ckpt.arch_kwargs, {**ckpt.metadata, "accuracy": acc})
     reloaded = load_model(dst)  # the channel spec must rebuild the pruned graph exactly

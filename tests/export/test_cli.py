@@ -76,7 +76,7 @@ def test_corrupt_artifact_is_one_line_exit_2(cli, checkpoint, tmp_path):
 def test_bad_calibration_data_is_exit_2_and_no_partial_file(cli, checkpoint, tmp_path, data, message):
     import numpy as np
 
-    np.savez(tmp_path / "wrong.npz", x=np.zeros((8, 1, 20, 28), np.float32), y=np.zeros(8, np.int64))
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((20, 1, 20, 28), np.float32), y=np.arange(20) % 2)
     out = tmp_path / "x.onnx"
     res = cli("export", str(checkpoint), "--precision", "int8", "--data", data.format(tmp=tmp_path),
               "--out", str(out))
