@@ -217,8 +217,24 @@ def _baseline_row(job: _Job) -> Row:
     row.update(step=step, good=True, met_budget=False, threshold=max(0.0, guess - step))
     if _aims(job):
         row["probes"] = [_probe(job, row["macs"])]
+    if job.cfg.precision == "int8":
+        row["fp32_comparison"] = _int8_against_fp32(job, model, row)
     _append_history(job, row)
     return row
+
+
+def _int8_against_fp32(job: _Job, model, row: Row) -> Dict[str, Any]:
+    """The baseline at fp32 on the same target: int8 is not always faster (onnxruntime's
+    CPU EP ran depthwise and LayerNorm nets 3-13x slower in int8), and a user should hear
+    so before the search spends its time on the wrong precision."""
+    artifact = export_for(job, model, job.out / "candidates" / f"baseline-fp32.{job.fmt}", precision="fp32")
+    m = job.target.measure(artifact, runs=job.cfg.runs, threads=job.cfg.threads)
+    ratio = row["p50_ms"] / m.p50_ms
+    if ratio > 1:
+        job.log(f"warning: on {job.target.name} the int8 baseline measured {ratio:.2f}x SLOWER than fp32 "
+                f"(p50 {row['p50_ms']:.3f} vs {m.p50_ms:.3f} ms [{m.source}]); consider --precision fp32")
+    return {"fp32_p50_ms": m.p50_ms, "int8_p50_ms": row["p50_ms"], "int8_over_fp32": round(ratio, 3),
+            "int8_slower": ratio > 1, "source": m.source}
 
 
 def _aims(job: _Job) -> bool:

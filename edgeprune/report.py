@@ -45,7 +45,7 @@ def finish_job(job, rows: List[Row], final: Row, wall_seconds: float) -> Dict[st
         "precision": job.cfg.precision, "target": job.target.name,
         "baseline": _summary(job, base_model, baseline, base_measurement),
         "final": _summary(job, model, final, measured["measurement"]),
-        "ab": measured.get("ab"),
+        "ab": measured.get("ab"), "int8_vs_fp32": baseline.get("fp32_comparison"),
         "artifacts": {k: (str(v) if v else None) for k, v in artifacts.items()},
         "verification": verifications.get(job.fmt), "verifications": verifications,
         "iterations": len(rows) - 1, "final_iteration": final["iteration"],

@@ -78,4 +78,8 @@ def print_summary(result: dict, out: str) -> None:
     for fmt, v in result["verifications"].items():
         print(f"  verify {fmt} on {result['target']}: top-1 agreement {v['top1_agreement']:.4f} "
               f"{'passed' if v['passed'] else 'FAILED'}")
+    slow = result.get("int8_vs_fp32") or {}
+    if slow.get("int8_slower"):
+        print(f"  warning: int8 measured {slow['int8_over_fp32']:.2f}x slower than fp32 on {result['target']} "
+              f"(baseline p50 {slow['int8_p50_ms']:.3f} vs {slow['fp32_p50_ms']:.3f} ms, {slow['source']})")
     log(f"report: {out}/report.html")
