@@ -34,7 +34,8 @@ from edgeprune.models import Checkpoint, create_model, save_checkpoint  # noqa: 
 from edgeprune.policies import AdaptiveConfig  # noqa: E402
 from edgeprune.pruning import PruneConfig, head_layer, prune  # noqa: E402
 from edgeprune.targets import emulate, load_target  # noqa: E402
-from edgeprune.train import TrainConfig, evaluate, finetune, train  # noqa: E402
+from edgeprune.pruning.recovery import RecoveryConfig, recover  # noqa: E402
+from edgeprune.train import TrainConfig, evaluate, train  # noqa: E402
 
 EPOCHS = {"resnet20": 6, "mobilenet_v2": 4, "resnet56": 5}
 KWARGS = {"mobilenet_v2": {"width": 0.5}}
@@ -119,8 +120,8 @@ def run_model_target(arch, ckpt, target, workdir, precision):
     for name, method in (("(a) uniform L1", uniform_l1), ("(b) torch-pruning global", tp_global)):
         t0 = time.time()
         _, model = method(ckpt, goal)
-        finetune(model, train_set.subset(a.finetune_samples), a.finetune_epochs, a.finetune_lr, progress=False,
-                 teacher=ckpt.model, distill=a.distill)
+        recover(model, ckpt.model, train_set.subset(a.finetune_samples), ckpt.metadata,
+                RecoveryConfig(a.finetune_epochs, None, a.distill, progress=False), ckpt.arch)
         rows.append(measure_row(name, model, ckpt, target, baseline_artifact, time.time() - t0, workdir, precision))
     rows.append({"method": "(c) latency policy", "accuracy": result["final"]["accuracy"],
                  "p50_ms": final_m["latency_ms"]["p50"], "ratio": final_m["latency_ms"]["p50"] / base_p50,

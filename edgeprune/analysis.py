@@ -4,6 +4,7 @@ measured latency and memory come from a Target.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Tuple
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
+_CONV = nn.modules.conv._ConvNd
 
 
 @dataclass
@@ -51,8 +53,8 @@ def analyze(model: nn.Module, input_shape: Tuple[int, int, int], arch: str = "")
     def hook(name):
         def fn(module, inputs, output):
             peak[0] = max(peak[0], 4 * (inputs[0].numel() + output.numel()))
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                layers.append(_layer_info(name, module, output))
+            if isinstance(module, (_CONV, nn.Linear)):
+                layers.append(_layer_info(name, module, inputs[0], output))
         return fn
 
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
@@ -73,13 +75,20 @@ def analyze(model: nn.Module, input_shape: Tuple[int, int, int], arch: str = "")
     )
 
 
-def _layer_info(name: str, m: nn.Module, out: torch.Tensor) -> LayerInfo:
+def _layer_info(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerInfo:
+    """Params and MACs of one conv or linear call at batch 1 (norms and activations are
+    not counted: they are a small share and fuse into the convs on every runtime)."""
     params = sum(p.numel() for p in m.parameters())
-    if isinstance(m, nn.Conv2d):
-        kh, kw = m.kernel_size
-        macs = out[0].numel() * (m.in_channels // m.groups) * kh * kw
+    if isinstance(m, _CONV):
+        kernel = math.prod(m.kernel_size)
+        # each output (input, for transposed convs) sees in/groups channels of one group
+        if m.transposed:
+            macs = inp[0].numel() * (m.out_channels // m.groups) * kernel
+        else:
+            macs = out[0].numel() * (m.in_channels // m.groups) * kernel
         cin, cout = m.in_channels, m.out_channels
     else:
-        macs = m.in_features * m.out_features
+        # a Linear applies to every position of a channels-last map (ConvNeXt's MLP)
+        macs = out[0].numel() * m.in_features
         cin, cout = m.in_features, m.out_features
     return LayerInfo(name, type(m).__name__, cin, cout, params, int(macs), list(out.shape[1:]))

@@ -9,16 +9,16 @@ policies/search.py.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from edgeprune.errors import BadInputError
 from edgeprune.pruning.importance import ActivationAttention, Batch
-from edgeprune.pruning.surgery import prunable_layers
+from edgeprune.pruning.surgery import CoupledGroup, Surgeon
 
 
 @dataclass
@@ -32,7 +32,9 @@ class AdaptiveConfig:
         max_iterations: candidates tried at most (baseline excluded).
         max_layer_fraction: no group loses more than this fraction of its channels at once.
         min_channels: no group goes below this many channels (and round_to).
-        finetune_epochs, finetune_samples, finetune_lr: recovery training per candidate.
+        finetune_epochs, finetune_samples: recovery training per candidate (its learning
+            rate follows the checkpoint's optimizer; CompressConfig.finetune_lr overrides it).
+        ignored: layer names (or block prefixes) never pruned.
         distill: weight of the unpruned model's soft targets during that training (0: none).
         scale_by: a group's share of "params" (the paper; memory) or of "macs" (latency)
             scales its threshold.
@@ -45,9 +47,9 @@ class AdaptiveConfig:
     max_layer_fraction: float = 0.75
     min_channels: int = 2
     round_to: int = 1
+    ignored: Tuple[str, ...] = ()
     finetune_epochs: int = 3
     finetune_samples: int = 8000
-    finetune_lr: float = 0.05
     distill: float = 0.5
     calibration_samples: int = 256
     scale_by: str = "params"
@@ -55,6 +57,7 @@ class AdaptiveConfig:
     version: int = 1
 
     def __post_init__(self) -> None:
+        self.ignored = tuple(self.ignored)  # a list when read back from run.json
         if self.step <= 0 or self.max_resets < 0 or self.max_iterations < 1:
             raise BadInputError("adaptive settings need step > 0, max_resets >= 0, max_iterations >= 1")
         if self.scale_by not in ("params", "macs"):
@@ -68,7 +71,11 @@ class AdaptiveConfig:
 
 @dataclass
 class GroupPlan:
-    """One coupled group: its root layer, how many channels it has and which go."""
+    """One coupled group: its root layer, how many channels it has and which go.
+
+    `drop` holds whole units only (all groups of a grouped conv alike, concat-tied channels
+    together), so it can be removed as is.
+    """
 
     layer: str
     channels: int
@@ -76,39 +83,47 @@ class GroupPlan:
 
 
 def plan_threshold(model: nn.Module, threshold: float, example_inputs: torch.Tensor,
-                   calibration: Sequence[Batch], cfg: AdaptiveConfig) -> Tuple[tp.DependencyGraph, List[GroupPlan]]:
+                   calibration: Sequence[Batch], cfg: AdaptiveConfig, *,
+                   notes: Optional[List[str]] = None) -> Tuple[Surgeon, List[GroupPlan]]:
     """Decide, for every coupled group, which filters fall at or below the scaled threshold."""
     criterion = ActivationAttention(cfg.p)
     criterion.prepare(model, calibration)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    surgeon = Surgeon(model, example_inputs, ignored=cfg.ignored, notes=notes)
     cost = _layer_costs(model, example_inputs, cfg.scale_by)
-    groups = list(_root_groups(graph, model, cost))
-    total = sum(share for *_, share in groups) or 1
+    groups = []
+    for group in surgeon.groups():
+        if group.blocked:
+            surgeon.note(f"{group.root}: skipped, {group.blocked}")
+        else:
+            groups.append(group)
+    shares = [sum(cost.get(surgeon.modules[name], 0.0) for name in g.members) for g in groups]
+    total = sum(shares) or 1
     plans = []
-    for name, module, fn, group, share in groups:
-        scores = criterion(group)
+    for group, share in zip(groups, shares):
+        scores = surgeon.scores(group, criterion)
         normalized = scores / scores.mean().clamp_min(1e-12)
-        scaled = threshold * len(groups) * share / total
-        plans.append(GroupPlan(name, len(scores), _drop(normalized, scaled, cfg)))
-    return graph, plans
+        units = _drop(normalized, threshold * len(groups) * share / total, cfg, group)
+        plans.append(GroupPlan(group.root, group.channels, sorted(i for u in units for i in group.units[u])))
+    return surgeon, plans
 
 
 def prune_by_threshold(model: nn.Module, threshold: float, example_inputs: torch.Tensor,
-                       calibration: Sequence[Batch], cfg: AdaptiveConfig) -> int:
-    """Remove every filter at or below its layer's threshold; returns channels removed."""
+                       calibration: Sequence[Batch], cfg: AdaptiveConfig, *,
+                       notes: Optional[List[str]] = None) -> int:
+    """Remove every filter at or below its layer's threshold; returns channels removed.
+
+    A group whose pruning would break the model is left as it is and described in `notes`.
+    """
     model.eval()
-    graph, plans = plan_threshold(model, threshold, example_inputs, calibration, cfg)
-    modules = dict(model.named_modules())
+    surgeon, plans = plan_threshold(model, threshold, example_inputs, calibration, cfg, notes=notes)
     removed = 0
     for plan in plans:
         if not plan.drop:
             continue
-        module = modules[plan.layer]
-        fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
-        group = graph.get_pruning_group(module, fn, idxs=plan.drop)
-        if graph.check_pruning_group(group):
-            group.prune()
-            removed += len(plan.drop)
+        group = surgeon.group(plan.layer)  # as the graph stands after the groups before it
+        wanted = set(plan.drop)
+        units = [k for k, unit in enumerate(group.units) if wanted.issuperset(unit)]
+        removed += surgeon.drop(group, surgeon.select(group, units, len(units)))
     return removed
 
 
@@ -123,34 +138,16 @@ def _layer_costs(model: nn.Module, example_inputs: torch.Tensor, scale_by: str) 
     return {modules[layer.name]: float(layer.macs) for layer in report.layers}
 
 
-def _root_groups(graph: tp.DependencyGraph, model: nn.Module, cost: Dict[nn.Module, float]):
-    """One (name, module, fn, full group, group cost) per set of coupled prunable layers."""
-    covered = set()
-    for name, module in prunable_layers(model):
-        if module in covered:
-            continue
-        linear = isinstance(module, nn.Linear)
-        fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
-        n = module.out_features if linear else module.out_channels
-        group = graph.get_pruning_group(module, fn, idxs=list(range(n)))
-        params = 0
-        for item in group:
-            layer = item.dep.layer
-            if isinstance(layer, (nn.Conv2d, nn.Linear)) and item.dep.pruning_fn in (
-                    tp.prune_conv_out_channels, tp.prune_linear_out_channels):
-                covered.add(layer)
-                params += cost.get(layer, 0.0)
-        yield name, module, fn, group, params
-
-
-def _drop(normalized: torch.Tensor, threshold: float, cfg: AdaptiveConfig) -> List[int]:
-    """Indices at or below threshold, lowest first, within the per-iteration limits."""
+def _drop(normalized: torch.Tensor, threshold: float, cfg: AdaptiveConfig,
+          group: CoupledGroup) -> List[int]:
+    """Units at or below threshold, lowest first, within the per-iteration limits."""
     n = len(normalized)
-    floor = max(cfg.min_channels, cfg.round_to, int(round(n * (1 - cfg.max_layer_fraction))))
-    limit = max(0, n - min(n, floor))
+    per_unit = group.channels / n
+    floor = max(cfg.min_channels, cfg.round_to, int(round(group.channels * (1 - cfg.max_layer_fraction))))
+    limit = max(0, n - min(n, math.ceil(floor / per_unit)))
     keep = n - min(int((normalized <= threshold).sum()), limit)
-    if cfg.round_to > 1 and keep < n:  # round the kept channels up to a SIMD-friendly multiple
-        keep = min(n, -(-keep // cfg.round_to) * cfg.round_to)
-    count = n - keep
+    step = group.granularity(cfg.round_to)
+    if step > 1 and keep < n:  # round the kept channels up to a SIMD-friendly multiple
+        keep = min(n, -(-keep // step) * step)
     order = torch.argsort(normalized, stable=True)
-    return sorted(order[:count].tolist())
+    return sorted(order[: n - keep].tolist())

@@ -21,6 +21,9 @@ from edgeprune.errors import BadInputError
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 _BN_FN = function.prune_batchnorm_out_channels
+_NORM_FNS = (_BN_FN, function.prune_layernorm_out_channels, function.prune_groupnorm_out_channels)
+# the pruning functions that remove output channels, the axis that statistics are kept on
+_STAT_FNS = _OUT_FNS + (_BN_FN, function.prune_depthwise_conv_out_channels)
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -36,6 +39,9 @@ class Criterion(tp.importance.Importance):
     def layer_scores(self, layer: nn.Module, fn: Callable, idxs: List[int]) -> Optional[torch.Tensor]:
         """Scores of `idxs` channels of one layer in the group, or None if it does not count."""
         raise NotImplementedError
+
+    def pruned(self, group) -> None:
+        """Told after `group` (a torch-pruning group) was removed; stats criteria re-align."""
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor:
@@ -68,10 +74,13 @@ class L2(L1):
 
 
 class BNScale(Criterion):
-    """|gamma| of the BatchNorm after each filter (Liu et al. 2017, "Network Slimming")."""
+    """|gamma| of the BatchNorm after each filter (Liu et al. 2017, "Network Slimming").
+
+    Nets normalized by LayerNorm or GroupNorm (ConvNeXt) are scored by those gammas.
+    """
 
     def layer_scores(self, layer, fn, idxs):
-        if fn != _BN_FN or not layer.affine:
+        if fn not in _NORM_FNS or getattr(layer, "weight", None) is None:
             return None
         return layer.weight.detach()[idxs].abs()
 
@@ -88,6 +97,17 @@ class _StatsCriterion(Criterion):
         if not self.stats:
             raise BadInputError(f"importance {type(self).__name__.lower()!r} needs calibration data")
 
+    def pruned(self, group) -> None:
+        # Statistics are per output channel, collected once: drop the removed channels so
+        # a layer shared by several groups (a BatchNorm after a DenseNet concat) stays aligned.
+        for item in group:
+            layer, fn = item.dep.layer, item.dep.pruning_fn
+            stats = self.stats.get(layer) if isinstance(layer, nn.Module) else None
+            if stats is None or fn not in _STAT_FNS:
+                continue
+            keep = sorted(set(range(len(stats))) - set(item.idxs))
+            self.stats[layer] = stats[keep]
+
 
 class Taylor(_StatsCriterion):
     """First-order Taylor: |sum of weight x gradient| per filter (Molchanov et al. 2019)."""
@@ -99,7 +119,7 @@ class Taylor(_StatsCriterion):
         for x, y in batches:
             nn.functional.cross_entropy(model(x), y).backward()
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None:
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m.weight.grad is not None:
                 self.stats[m] = (m.weight.detach() * m.weight.grad).flatten(1).sum(1).abs()
         model.zero_grad()
         model.train(was_training)
@@ -158,11 +178,13 @@ def collect_attention(model: nn.Module, inputs: Iterable[torch.Tensor], p: float
 
     def hook(module, _inp, out):
         a = torch.relu(out.detach()).pow(p)
-        dims = [0] + list(range(2, a.dim()))
+        # a Linear's features are its last dim (channels-last MLPs as in ConvNeXt)
+        channel = a.dim() - 1 if isinstance(module, nn.Linear) else 1
+        dims = [d for d in range(a.dim()) if d != channel]
         sums[module] = sums.get(module, 0) + a.mean(dim=dims)
         counts[module] = counts.get(module, 0) + 1
 
-    types = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+    types = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, types)]
     was_training = model.training
     model.eval()

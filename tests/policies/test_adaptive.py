@@ -7,9 +7,19 @@ from edgeprune.analysis import analyze
 from edgeprune.errors import BadInputError
 from edgeprune.models import create_model
 from edgeprune.policies import AdaptiveConfig, plan_threshold, prune_by_threshold
-from edgeprune.pruning import channel_spec
+from edgeprune.pruning import channel_spec, is_depthwise, prune_to_spec
+from tests.conformance.families import FAMILIES
 
 EXAMPLE = torch.zeros(1, 1, 28, 28)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These nets are tiny: a second thread buys nothing and stalls when the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +92,39 @@ def test_bad_config():
         AdaptiveConfig(scale_by="flops")
     with pytest.raises(BadInputError, match="max_layer_fraction"):
         AdaptiveConfig(max_layer_fraction=1.0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_threshold_pruning_works_on_every_family(family):
+    """Grouped convs lose whole positions, concat-tied channels go together, and the
+    result rebuilds from its channel spec (what compress does between candidates)."""
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    x = torch.zeros(1, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    rgb_calib = [(torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen))]
+    before = sum(p.numel() for p in model.parameters())
+    notes = []
+    for threshold in (0.8, 0.8):  # twice: the second round prunes a pruned model
+        removed = prune_by_threshold(model, threshold, x, rgb_calib, AdaptiveConfig(round_to=2), notes=notes)
+        assert removed > 0
+    assert notes == []
+    assert model(torch.randn(2, 3, 40, 40)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) < before
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and not is_depthwise(m):
+            assert m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0, name
+    fresh = FAMILIES[family]().eval()
+    prune_to_spec(fresh, channel_spec(model), x)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_threshold_plans_drop_whole_groups_of_grouped_convs():
+    model = FAMILIES["resnext"]().eval()
+    gen = torch.Generator().manual_seed(0)
+    rgb_calib = [(torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen))]
+    _, plans = plan_threshold(model, 1.0, torch.zeros(1, 3, 32, 32), rgb_calib, AdaptiveConfig())
+    plan = next(p for p in plans if p.layer == "blocks.2.conv1.0")  # feeds a groups=4 conv of 96
+    assert plan.drop and len(plan.drop) % 4 == 0
+    positions = {i % 24 for i in plan.drop}
+    assert sorted(plan.drop) == sorted(p + 24 * g for p in positions for g in range(4))
