@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     yield
 
 
