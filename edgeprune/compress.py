@@ -25,7 +25,7 @@ from edgeprune._progress import progress as progress_bar, write
 from edgeprune.analysis import analyze
 from edgeprune.data import LabeledData, load_dataset
 from edgeprune.errors import BadInputError
-from edgeprune.models import Checkpoint, load_model, save_checkpoint
+from edgeprune.models import Checkpoint, load_model, reload, save_checkpoint
 from edgeprune.policies import AdaptiveConfig, make_policy, parse_budget, prune_by_threshold, search
 from edgeprune.policies.budget import comparable_p50
 from edgeprune.policies.latency_model import AIM_MARGIN, LatencyModel
@@ -399,7 +399,7 @@ def _save_state(job: _Job, iteration: int, model) -> None:
 
 
 def _load_state(job: _Job, iteration: int):
-    return load_model(job.state_path(iteration)).model
+    return reload(job.state_path(iteration), job.ckpt).model
 
 
 def _row_line(row: Row) -> str:

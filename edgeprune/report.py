@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from edgeprune._io import atomic_path, atomic_write_bytes
 from edgeprune.analysis import analyze
-from edgeprune.models import load_model, save_checkpoint
+from edgeprune.models import reload
 from edgeprune.policies.budget import comparable_p50
 from edgeprune.train import evaluate
 
@@ -25,15 +25,16 @@ def finish_job(job, rows: List[Row], final: Row, wall_seconds: float) -> Dict[st
 
     baseline = rows[0]
     base_model = job.ckpt.model
-    model = load_model(job.state_path(final["iteration"])).model
-    save_checkpoint(job.out / "model.pt", model, job.ckpt.arch, job.ckpt.arch_kwargs,
-                    {**job.ckpt.metadata, "accuracy": evaluate(model, job.test)["top1"]})
+    shipped_ckpt = reload(job.state_path(final["iteration"]), job.ckpt)
+    model = shipped_ckpt.model
+    shipped_ckpt.metadata = {**job.ckpt.metadata, "accuracy": evaluate(model, job.test)["top1"]}
+    shipped_ckpt.save(job.out / "model.pt")
     artifacts = _export_final(job, model, export_for)
     shipped = artifacts[job.fmt]
     measured = measure_on_target(job, shipped)  # under 0.5x: interleaved with the baseline artifact
     final_row = {**final, **measured, "artifact_bytes": Path(shipped).stat().st_size}
     base_measurement = measured.get("baseline_measurement", baseline["measurement"])
-    verifications = {fmt: verify(path, job.out / "model.pt", data=job.test, target=job.target.name).to_dict()
+    verifications = {fmt: verify(path, shipped_ckpt, data=job.test, target=job.target.name).to_dict()
                      for fmt, path in artifacts.items() if path}
     policy = job.cfg.policy_obj
     verified = all(v["passed"] for v in verifications.values())

@@ -64,9 +64,18 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, arch: str,
 
 
 def load_checkpoint(path: Union[str, Path]) -> Checkpoint:
-    """Rebuild a model from an edgeprune checkpoint (.pt)."""
+    """Rebuild a model from an edgeprune checkpoint (.pt) of a zoo architecture.
+
+    A checkpoint is data: one saved from a `package.module:factory` is refused here, since
+    rebuilding it would import and call whatever module its `arch` field names. The user
+    names the factory instead (`load_model("pkg.mod:factory", weights=path)`).
+    """
     payload = _read_payload(Path(path))
     arch, kwargs = payload["arch"], payload.get("arch_kwargs", {})
+    if ":" in arch:
+        raise BadInputError(
+            f"{path} was saved from the model factory {arch!r}; opening a checkpoint never imports code, "
+            f"so name the factory yourself: MODEL {arch} --weights {path}")
     meta = payload.get("metadata", {})
     model = _build(arch, kwargs, meta)
     return _finish(Checkpoint(model, arch, kwargs, payload.get("channel_spec", {}), meta),
@@ -93,6 +102,14 @@ def load_model(ref: Union[str, Path, nn.Module], weights: Optional[Union[str, Pa
     if input_shape:
         ckpt.metadata["input_shape"] = list(input_shape)
     return ckpt
+
+
+def reload(path: Union[str, Path], like: Checkpoint) -> Checkpoint:
+    """A checkpoint edgeprune wrote for the architecture of `like` (a pruned state, the
+    final model): a factory the user already named is called again, nothing else is."""
+    if ":" in like.arch:
+        return load_model(like.arch, weights=path, input_shape=like.input_shape)
+    return load_model(path)
 
 
 def is_factory_ref(ref: Union[str, Path]) -> bool:
@@ -134,8 +151,6 @@ def _read_payload(path: Path) -> Dict[str, Any]:
 
 def _build(arch: str, kwargs: Dict[str, Any], meta: Dict[str, Any]) -> nn.Module:
     shape = meta.get("input_shape", [kwargs.get("in_channels", 1), 28, 28])
-    if ":" in arch:
-        return _call_factory(arch)
     return create_model(arch, **{"in_channels": shape[0], "input_size": shape[-1], **kwargs})
 
 

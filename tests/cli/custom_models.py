@@ -43,3 +43,12 @@ class _Broken(TinyRGB):
 
 def broken_net() -> nn.Module:
     return _Broken()
+
+
+def records_call():
+    """Leaves a file where EDGEPRUNE_TEST_MARKER says: proof that a factory was called."""
+    import os
+    from pathlib import Path
+
+    Path(os.environ["EDGEPRUNE_TEST_MARKER"]).write_text("called")
+    return rgb_net()

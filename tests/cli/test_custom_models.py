@@ -28,7 +28,8 @@ def test_train_a_3_channel_factory_records_shape_and_recipe(trained_factory):
 
 def test_checkpoint_and_factory_analyze_at_the_right_shape(trained_factory, rgb_npz, tmp_path):
     path, _ = trained_factory
-    assert json.loads(run_module("analyze", path, "--json").stdout)["input_shape"] == [3, 16, 16]
+    named = run_module("analyze", f"{FACTORY}:rgb_net", "--weights", path, "--json")
+    assert one_json_object(named.stdout)["input_shape"] == [3, 16, 16], named.stderr
     from_data = run_module("analyze", f"{FACTORY}:rgb_net", "--data", rgb_npz, "--json")
     assert one_json_object(from_data.stdout)["input_shape"] == [3, 16, 16], from_data.stderr
     asked = run_module("analyze", f"{FACTORY}:rgb_net", "--weights", path, "--input-shape", "3,24,24", "--json")
@@ -56,3 +57,22 @@ def test_sgd_can_be_asked_for_and_bad_shapes_are_usage_errors(rgb_npz, tmp_path)
     bad = run_module("analyze", "x.pt", "--input-shape", "3,32")
     assert bad.returncode == 2
     assert_one_error_line(bad.stderr, "not C,H,W")
+
+
+def test_a_checkpoint_never_names_code_to_run(trained_factory, tmp_path):
+    """A data-only checkpoint (it passes weights_only=True) whose arch is module:callable is
+    refused, for every verb, and the callable is never called: the user names the factory."""
+    path, _ = trained_factory
+    payload = torch.load(path, weights_only=True)
+    marker = tmp_path / "ran"
+    payload["arch"] = f"{FACTORY}:records_call"  # writes the marker file if it is ever called
+    payload["arch_kwargs"] = {}
+    evil = tmp_path / "evil.pt"
+    torch.save(payload, evil)
+    for verb in (["analyze", evil], ["prune", evil, "--ratio", "0.5", "--out", tmp_path / "p.pt"],
+                 ["export", evil, "--out", tmp_path / "e.onnx"]):
+        res = run_module(*verb, "--json", env={"EDGEPRUNE_TEST_MARKER": str(marker)})
+        assert res.returncode == 2, (verb, res.stderr)
+        error = one_json_object(res.stdout)["error"]["message"]
+        assert "never imports code" in error and "--weights" in error
+    assert not marker.exists() and not (tmp_path / "p.pt").exists() and not (tmp_path / "e.onnx").exists()

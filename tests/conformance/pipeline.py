@@ -43,13 +43,15 @@ def run_family(name: str, work: Path, epochs: int = 1, samples: int = 4000, test
         return record
     for criterion in CRITERIA:
         steps[f"prune-{criterion}"] = _step(
-            lambda: _prune(ckpt_path, work / f"{name}-{criterion}.pt", criterion, train_set, test_set, seed))
+            lambda: _prune(record["arch"], ckpt_path, work / f"{name}-{criterion}.pt", criterion, train_set,
+                           test_set, seed))
     pruned = work / f"{name}-{CRITERIA[0]}.pt"
     if not steps[f"prune-{CRITERIA[0]}"]["ok"]:
         return record
     for fmt, precision in ARTIFACTS:
         out = work / f"{name}-{precision}.{fmt}"
-        steps[f"{fmt}-{precision}"] = _step(lambda: _export_verify(pruned, out, fmt, precision, train_set, test_set))
+        steps[f"{fmt}-{precision}"] = _step(
+            lambda: _export_verify(_load(record["arch"], pruned), out, fmt, precision, train_set, test_set))
     steps["profile"] = _step(lambda: _profile(work / f"{name}-fp32.onnx", work / f"{name}-int8.onnx"))
     return record
 
@@ -84,13 +86,20 @@ def _train(arch: str, path: Path, train_set, test_set, epochs: int, seed: int) -
     return {"accuracy": acc, "params": sum(p.numel() for p in model.parameters()), "optimizer": cfg.optimizer}
 
 
-def _prune(src: Path, dst: Path, criterion: str, train_set, test_set, seed: int) -> Dict[str, Any]:
-    from edgeprune.models import load_model, save_checkpoint
+def _load(arch: str, path: Path):
+    """A checkpoint of `arch`: a factory is named by us, never read from the file."""
+    from edgeprune.models import load_model
+
+    return load_model(arch, weights=path) if ":" in arch else load_model(path)
+
+
+def _prune(arch: str, src: Path, dst: Path, criterion: str, train_set, test_set, seed: int) -> Dict[str, Any]:
+    from edgeprune.models import save_checkpoint
     from edgeprune.pruning import PruneConfig, prune
     from edgeprune.pruning.recovery import RecoveryConfig, recover
     from edgeprune.train import evaluate
 
-    ckpt = load_model(src)
+    ckpt = _load(arch, src)
     teacher = copy.deepcopy(ckpt.model)
     before = sum(p.numel() for p in ckpt.model.parameters())
     notes: List[str] = []
@@ -99,13 +108,13 @@ def _prune(src: Path, dst: Path, criterion: str, train_set, test_set, seed: int)
     recover(ckpt.model, teacher, train_set, ckpt.metadata, RecoveryConfig(epochs=1, seed=seed, progress=False), ckpt.arch)
     acc = evaluate(ckpt.model, test_set)["top1"]
     save_checkpoint(dst, ckpt.model, ckpt.arch, ckpt.arch_kwargs, {**ckpt.metadata, "accuracy": acc})
-    reloaded = load_model(dst)  # the channel spec must rebuild the pruned graph exactly
+    reloaded = _load(arch, dst)  # the channel spec must rebuild the pruned graph exactly
     after = sum(p.numel() for p in reloaded.model.parameters())
     return {"accuracy": acc, "params_before": before, "params_after": after,
             "params_kept": round(after / before, 3), "notes": notes}
 
 
-def _export_verify(model: Path, out: Path, fmt: str, precision: str, train_set, test_set) -> Dict[str, Any]:
+def _export_verify(model, out: Path, fmt: str, precision: str, train_set, test_set) -> Dict[str, Any]:
     from edgeprune.export import ExportConfig, export, verify
 
     artifact = export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set.subset(256))
