@@ -3,7 +3,7 @@ MNIST, quick train, prune 0.5 with two criteria (with recovery), ONNX/TFLite at 
 verification against PyTorch and a profile on x86-ort. Prints the family x step table and
 writes bench/results/conformance.json.
 
-    python bench/bench_conformance.py [--families a,b] [--epochs 1] [--samples 4000]
+    python bench/bench_conformance.py [--families a,b] [--epochs 1] [--samples 6000]
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", help="comma-separated subset (default: all)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--samples", type=int, default=6000)
     return p.parse_args()
 
 

@@ -10,15 +10,15 @@ INT8_AGREEMENT = 0.98
 
 @pytest.mark.parametrize("family", sorted(family_refs()))
 def test_family_conforms(family, tmp_path):
-    record = run_family(family, tmp_path)
+    record = run_family(family, tmp_path, recover_all=False)
     steps = record["steps"]
     failed = {k: v["error"] for k, v in steps.items() if not v["ok"]}
     assert not failed, "\n".join(f"{k}: {e}\n{steps[k]['traceback']}" for k, e in failed.items())
-    assert steps["train"]["accuracy"] > 60, steps["train"]
+    assert steps["train"]["accuracy"] > 85, steps["train"]
     for criterion in CRITERIA:
         pruned = steps[f"prune-{criterion}"]
-        assert pruned["params_after"] < pruned["params_before"], pruned
-        assert pruned["accuracy"] > 50, pruned  # recovered, not at chance
+        assert pruned["params_after"] < 0.6 * pruned["params_before"], pruned
+    assert steps[f"prune-{CRITERIA[0]}"]["accuracy"] > 80, steps  # recovered, far from chance
     for fmt, precision in ARTIFACTS:
         step = steps[f"{fmt}-{precision}"]
         assert step["passed"], step
