@@ -38,7 +38,7 @@ def main() -> int:
     train_set = data["train"].subset(args.samples)
 
     ckpt = load_model(FACTORY, input_shape=SHAPE)  # random weights: train them first
-    cfg = TrainConfig(epochs=args.epochs, optimizer="adamw", lr=1e-3, progress=False)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=32, optimizer="adamw", lr=3e-3, progress=False)
     train(ckpt.model, train_set, cfg)
     meta = {"input_shape": list(SHAPE), "num_classes": 10, "dataset": "mnist",
             "accuracy": evaluate(ckpt.model, data["test"])["top1"], "train": cfg.to_dict()}

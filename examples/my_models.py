@@ -16,7 +16,7 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 32):
         super().__init__()
         self.features = nn.Sequential(
-            _block(in_channels, width, 1), _block(width, width, 1),
+            _block(in_channels, width, 2), _block(width, width, 1),
             _block(width, 2 * width, 2), _block(2 * width, 2 * width, 1),
             _block(2 * width, 4 * width, 2))
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4 * width, width, 1), nn.ReLU(),
