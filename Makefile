@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install system-deps demo test conformance bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: install system-deps
 
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the user-family conformance suite (tests/conformance); not yet part of `make test`
+conformance: install system-deps
+	$(PY) -m pytest -m conformance tests/conformance $(PYTEST_ARGS)
 
 bench: install system-deps
 	$(PY) bench/run_all.py

@@ -4,7 +4,7 @@ import pytest
 
 from tests.conformance.pipeline import ARTIFACTS, CRITERIA, family_refs, run_family
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.conformance]
 INT8_AGREEMENT = 0.98
 
 
