@@ -64,7 +64,9 @@ def test_corrupt_artifact_is_one_line_exit_2(cli, checkpoint, tmp_path):
     corrupt = tmp_path / "bad.onnx"
     corrupt.write_bytes(b"not a model")
     res = cli("verify", str(corrupt), "--reference", str(checkpoint), "--samples", "5", "--json")
-    assert res.returncode == 2 and res.stdout == ""
+    assert res.returncode == 2
+    # --json prints exactly one object, an error object on failure
+    assert json.loads(res.stdout)["error"]["type"] == "BadInputError"
     errors = _error_lines(res.stderr)
     assert len(errors) == 1 and "bad.onnx is not a valid ONNX model" in errors[0]
 
