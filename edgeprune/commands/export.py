@@ -19,28 +19,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="state_dict for a package.module:factory model")
     p.add_argument("--calibration-samples", type=int, default=128)
     p.add_argument("--float-io", action="store_true", help="TFLite int8: keep float32 input/output")
+    p.add_argument("--calibration", default="auto", choices=("auto", "minmax", "percentile"),
+                   help="ONNX int8 activation ranges (default auto: the one that agrees best with fp32)")
+    p.add_argument("--all-int8", action="store_true",
+                   help="int8: quantize every layer, also the sensitive ones kept in float by default "
+                        "(SE gates and multiplies, hardswish, first and last layer); TFLite then has int8 io")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeprune.export import ExportConfig, artifact_precision, export
+    from edgeprune.export import ExportConfig, artifact_precision, export, float_layers
 
     out = Path(args.out)
     fmt = args.format or _format_of(out)
     if out.suffix.lower() in (".onnx", ".tflite") and out.suffix.lower() != f".{fmt}":
         raise BadInputError(f"--out {out.name} does not match --format {fmt}")
     cfg = ExportConfig(format=fmt, precision=args.precision, calibration_samples=args.calibration_samples,
-                       int8_io=not args.float_io, opset=args.opset)
+                       int8_io=not args.float_io, opset=args.opset, calibration=args.calibration,
+                       float_sensitive=not args.all_int8)
     log(f"exporting {args.model} to {fmt} {args.precision} ...")
     path = export(args.model, cfg, out, data=args.data, weights=args.weights)
     result = {"artifact": str(path), "format": fmt, "precision": artifact_precision(path),
-              "model_bytes": path.stat().st_size, "sha256": sha256_file(path), "config": cfg.to_dict()}
+              "model_bytes": path.stat().st_size, "sha256": sha256_file(path), "config": cfg.to_dict(),
+              "float_layers": float_layers(path)}
     if args.json:
         emit_json(result)
     else:
         print(f"wrote {path} ({result['precision']}, {result['model_bytes']} bytes)")
+        if result["float_layers"]:
+            print(f"kept in float: {', '.join(result['float_layers'])}")
     return 0
 
 

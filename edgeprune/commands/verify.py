@@ -49,4 +49,5 @@ def _summary(r) -> str:
     return (f"{verdict}: {r.artifact} ({r.precision}) on {r.target or 'host'}, {r.samples} samples: "
             f"top-1 agreement {100 * r.top1_agreement:.2f}% (need {100 * r.threshold:.1f}%), "
             f"max abs diff {r.max_abs_diff:.3g}, SQNR {r.sqnr_db:.1f} dB, "
-            f"accuracy {acc(r.accuracy)} vs reference {acc(r.reference_accuracy)}")
+            f"accuracy {acc(r.accuracy)} vs reference {acc(r.reference_accuracy)}"
+            + (f"; {len(r.float_layers)} layers in float" if r.float_layers else ""))

@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import onnx
 
 from edgeprune._io import atomic_path
 from edgeprune.errors import BadInputError
 from edgeprune.export import onnx as onnx_export
 from edgeprune.export import tflite as tflite_export
+from edgeprune.export._bias_correction import bias_corrected
 from edgeprune.export._source import Source, resolve_data, resolve_model
 from edgeprune.export.config import ExportConfig
+from edgeprune.export.sensitive import sensitive_onnx_nodes, sensitive_tflite_ops, without
 
 
 def export(model_or_checkpoint: Any, cfg: ExportConfig, out: str | Path, data: Any = None,
@@ -74,6 +77,7 @@ class _Stages:
         self.calibration = calibration
         self._onnx: Dict[Tuple, Path] = {}
         self._tf: Dict[Path, Any] = {}
+        self._corrected: Dict[Tuple, Path] = {}
 
     def samples(self, cfg: ExportConfig) -> Optional[np.ndarray]:
         if cfg.precision != "int8" or self.calibration is None:
@@ -88,8 +92,21 @@ class _Stages:
             self._onnx[key] = path
         return self._onnx[key]
 
-    def tf_model(self, cfg: ExportConfig) -> Any:
+    def source_for_tflite(self, cfg: ExportConfig) -> Path:
+        """The fp32 ONNX file TFLite starts from: bias-corrected for int8 (see _bias_correction)."""
         fp32 = self.onnx(cfg)
+        if cfg.precision != "int8" or not cfg.bias_correction:
+            return fp32
+        kept = tuple(_onnx_float_nodes(fp32, cfg))
+        key = (fp32, kept, cfg.calibration_samples, cfg.per_channel)
+        if key not in self._corrected:
+            model = bias_corrected(onnx_export.check_onnx(fp32), self.samples(cfg), list(kept), cfg.per_channel)
+            self._corrected[key] = self.work / f"corrected-{len(self._corrected)}.onnx"
+            onnx.save(model, str(self._corrected[key]))
+        return self._corrected[key]
+
+    def tf_model(self, cfg: ExportConfig) -> Any:
+        fp32 = self.source_for_tflite(cfg)
         if fp32 not in self._tf:
             work = self.work / f"tf-{len(self._tf)}"
             work.mkdir()
@@ -113,23 +130,40 @@ def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional
     elif cfg.precision == "dynamic":
         onnx_export.quantize_dynamic(fp32, dst, cfg.per_channel)
     else:
-        onnx_export.quantize_int8(fp32, dst, calibration, cfg.per_channel, _kept_in_float(cfg))
+        onnx_export.quantize_int8(fp32, dst, calibration, cfg.per_channel, _onnx_float_nodes(fp32, cfg),
+                                  cfg.calibration, cfg.bias_correction)
+
+
+def _onnx_float_nodes(fp32: Path, cfg: ExportConfig) -> List[str]:
+    """ONNX nodes int8 keeps in float: the sensitive ones, the user's fp32 overrides, less the
+    user's int8 overrides."""
+    model = onnx_export.check_onnx(fp32)
+    auto = sensitive_onnx_nodes(model) if cfg.float_sensitive else []
+    keep = onnx_export.resolve_nodes(model, _named(cfg, "fp32"))
+    return without([*auto, *keep], onnx_export.resolve_nodes(model, _named(cfg, "int8")))
 
 
 def _finish_tflite(stages: _Stages, dst: Path, cfg: ExportConfig) -> None:
     model = stages.tf_model(cfg)
     samples = stages.samples(cfg)
     samples_nhwc = None if samples is None else tflite_export.nhwc(samples)
-    keep = _kept_in_float(cfg)
-    if keep:
-        float_model = tflite_export.keras_to_tflite(model, "fp32")
-        keep = tflite_export.tflite_nodes_for(onnx_export.check_onnx(stages.onnx(cfg)), float_model, keep)
+    keep: List[str] = []
+    if cfg.precision == "int8" and (cfg.float_sensitive or cfg.node_precision):
+        keep = _tflite_float_ops(stages, cfg, tflite_export.keras_to_tflite(model, "fp32"))
     dst.write_bytes(tflite_export.keras_to_tflite(
-        model, cfg.precision, samples_nhwc, cfg.per_channel, cfg.int8_io, keep))
+        model, cfg.precision, samples_nhwc, cfg.per_channel, cfg.int8_io, keep, cfg.calibration))
 
 
-def _kept_in_float(cfg: ExportConfig) -> List[str]:
-    return [name for name, prec in cfg.node_precision.items() if prec == "fp32"]
+def _tflite_float_ops(stages: _Stages, cfg: ExportConfig, float_model: bytes) -> List[str]:
+    """TFLite op outputs int8 keeps in float (as _onnx_float_nodes, matched in the float model)."""
+    auto = sensitive_tflite_ops(float_model) if cfg.float_sensitive else []
+    onnx_model = onnx_export.check_onnx(stages.onnx(cfg))
+    named = lambda p: tflite_export.tflite_nodes_for(onnx_model, float_model, _named(cfg, p))  # noqa: E731
+    return without([*auto, *named("fp32")], named("int8"))
+
+
+def _named(cfg: ExportConfig, precision: str) -> List[str]:
+    return [name for name, prec in cfg.node_precision.items() if prec == precision]
 
 
 def _placeholder(src: Source) -> np.ndarray:

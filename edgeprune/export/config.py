@@ -11,6 +11,7 @@ from edgeprune.errors import BadInputError
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 NODE_PRECISIONS = ("fp32", "int8")
+CALIBRATIONS = ("minmax", "percentile", "auto")
 EXPORTERS = ("torchscript", "dynamo")
 CONFIG_VERSION = 1
 
@@ -23,9 +24,21 @@ class ExportConfig:
         format: "onnx" or "tflite".
         precision: fp32, fp16 (fp16 weights), int8 (static, calibrated on `data`), or
             dynamic (int8 weights, float activations).
-        node_precision: per-node overrides for int8 ("fp32" keeps a node in float). Keys
-            are torch module names ("layer1.0.conv1") or artifact node names.
+        node_precision: per-node overrides for int8 ("fp32" keeps a node in float, "int8"
+            quantizes one that float_sensitive would keep). Keys are torch module names
+            ("layer1.0.conv1") or artifact node names.
+        float_sensitive: int8 only: keep numerically sensitive layers in float by themselves
+            (squeeze-excite gates and their multiplies, hardswish, the first and the last
+            weighted layer; see edgeprune.export.sensitive). TFLite int8 then has float
+            input/output.
         calibration_samples: how many samples of the data set calibrate int8.
+        calibration: int8 activation ranges: "minmax", "percentile" (ranges at the
+            99.999th percentile of the calibration values), or "auto" (minmax, percentile
+            99.999 and 99.99 are each tried and the one whose logits agree best with float
+            on the calibration samples is kept).
+        bias_correction: int8: cancel the mean shift that int8 weight rounding gives each
+            output channel (edgeprune.export._bias_correction). TFLite: applied; ONNX:
+            applied with an explicit calibration, one more candidate measured under "auto".
         per_channel: per-output-channel weight scales for int8.
         int8_io: TFLite int8 only: int8 input and output tensors (deployable on
             integer-only accelerators); False keeps float input/output around int8 internals.
@@ -38,7 +51,10 @@ class ExportConfig:
     format: str = "onnx"
     precision: str = "fp32"
     node_precision: Dict[str, str] = field(default_factory=dict)
+    float_sensitive: bool = True
     calibration_samples: int = 128
+    calibration: str = "auto"
+    bias_correction: bool = True
     per_channel: bool = True
     int8_io: bool = True
     opset: int = 17
@@ -51,6 +67,7 @@ class ExportConfig:
         self._check_choice("format", self.format, FORMATS)
         self._check_choice("precision", self.precision, PRECISIONS)
         self._check_choice("exporter", self.exporter, EXPORTERS)
+        self._check_choice("calibration", self.calibration, CALIBRATIONS)
         for name, prec in self.node_precision.items():
             self._check_choice(f"node_precision[{name!r}]", prec, NODE_PRECISIONS)
         if self.node_precision and self.precision != "int8":

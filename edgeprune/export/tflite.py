@@ -4,10 +4,11 @@ onnx2tf only builds the NHWC Keras model; every .tflite is made here by TFLiteCo
 int8 calibration uses the user's data set (the representative dataset) and nothing is ever
 downloaded: onnx2tf's sample-image download is replaced by the same data for the whole call.
 
-int8 is full-integer: int8 kernels and, by default, int8 input and output tensors (the
-runner and the verifier (de)quantize with each tensor's scale and zero point); `int8_io=False`
-keeps float32 input/output. Mixed precision (ops kept in float) goes through the TFLite
-quantization debugger's denylist and has float32 input/output.
+int8 is calibrated by the converter, its activation ranges chosen (min/max or percentiles,
+see _tflite_calibration) and then quantized: int8 kernels and, for a full-integer model,
+int8 input and output tensors (the runner and the verifier (de)quantize with each tensor's
+scale and zero point); `int8_io=False` keeps float32 input/output. Mixed precision (ops kept
+in float, by name) has float32 input/output.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +28,7 @@ import onnx
 
 from edgeprune._optional import require
 from edgeprune.errors import BadInputError
-from edgeprune.export.onnx import _first_line, edge_padded_maxpools, node_precisions, resolve_nodes
+from edgeprune.export.onnx import _first_line, node_precisions, resolve_nodes
 
 WEIGHTED_TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
@@ -48,22 +50,24 @@ def require_quiet(module: str) -> ModuleType:
 
 
 @contextlib.contextmanager
-def quiet_native() -> Iterator[None]:
+def quiet_native() -> Iterator[io.StringIO]:
     """Send what native code writes to file descriptors 1 and 2 to /dev/null for the block.
 
     TensorFlow's absl logging prints start-up and converter lines to stderr whatever
     TF_CPP_MIN_LOG_LEVEL says, and LiteRT announces its delegate there; stdout must stay clean
-    for --json. Errors still reach the caller as Python exceptions.
+    for --json. Errors still reach the caller as Python exceptions; what Python code printed
+    is kept in the buffer yielded (onnx2tf prints the failing node's name there).
     """
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
     devnull = os.open(os.devnull, os.O_WRONLY)
+    buffer = io.StringIO()
     try:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+        with contextlib.redirect_stdout(buffer):
+            yield buffer
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -79,21 +83,25 @@ def onnx_to_keras(onnx_path: Path, work: Path, samples_nhwc: np.ndarray) -> Any:
     The model is not written as a SavedModel: serializing onnx2tf's layers takes minutes on a
     large net, while converting the in-memory model to TFLite takes seconds.
     """
+    from edgeprune.export._onnx2tf_prep import prepare_for_onnx2tf
+
     tf = require_quiet("tensorflow")
     onnx2tf = require_quiet("onnx2tf")
     module = require_quiet("onnx2tf.onnx2tf")
-    onnx_path = _without_maxpool_padding(onnx_path, work)
+    onnx_path = prepare_for_onnx2tf(onnx_path, work)
     patched = lambda: samples_nhwc.astype(np.float32)  # noqa: E731  (no network, our data)
     original = module.download_test_image_data
     module.download_test_image_data = patched
+    log = io.StringIO()
     try:
-        with _quiet(tf):
+        with _quiet(tf) as log:
+            # a lone Erf (exact GELU is matched to TFLite's GELU first) has no TFLite kernel:
+            # onnx2tf's polynomial erf (error < 2e-7) is made of builtin ops
             model = onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(work / "tf"),
-                                    disable_model_save=True, non_verbose=True, verbosity="error")
-    except SystemExit as exc:  # onnx2tf exits the interpreter on conversion errors
-        raise BadInputError(f"onnx2tf cannot convert the model (unsupported op?), exit {exc.code}") from None
-    except Exception as exc:
-        raise BadInputError(f"onnx2tf cannot convert the model: {_first_line(exc)}") from None
+                                    disable_model_save=True, non_verbose=True, verbosity="error",
+                                    replace_to_pseudo_operators=["erf"])
+    except (SystemExit, Exception) as exc:  # onnx2tf exits the interpreter on some errors
+        raise BadInputError(onnx2tf_error(exc, log.getvalue())) from None
     finally:
         module.download_test_image_data = original
     if model is None:
@@ -101,44 +109,88 @@ def onnx_to_keras(onnx_path: Path, work: Path, samples_nhwc: np.ndarray) -> Any:
     return model
 
 
-def _without_maxpool_padding(onnx_path: Path, out_dir: Path) -> Path:
-    """The ONNX file with MaxPool padding made explicit (edge copies), for onnx2tf."""
-    model = onnx.load(str(onnx_path))
-    if not any(n.op_type == "MaxPool" for n in model.graph.node):
-        return onnx_path
-    path = out_dir / "edge_padded.onnx"
-    onnx.save(edge_padded_maxpools(model), str(path))
-    return path
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOISE = ("Call arguments received", "Read this and deal with it", "Alternatively, if the input OP",
+          "If the input OP of ONNX", "Also, for models that", "input_onnx_file_path:", "The trace log",
+          "onnx_op_name:")
+
+
+def onnx2tf_error(exc: BaseException, log: str) -> str:
+    """One line saying where onnx2tf failed (the ONNX node it names) and the real cause.
+
+    onnx2tf wraps TensorFlow's reason in several lines ("Exception encountered when calling
+    layer ..." first, "Dimensions must be equal ..." after): the reason is kept, the rest cut.
+    """
+    log = _ANSI.sub("", log)
+    node = re.search(r"onnx_op_name:\s*(\S+)", log)
+    where = f" at ONNX node {node.group(1)}" if node else ""
+    if isinstance(exc, SystemExit):
+        errors = [line.split("ERROR:", 1)[1] for line in log.splitlines() if "ERROR:" in line]
+        cause = _cause(errors) or f"exit {exc.code}"
+    else:
+        cause = f"{type(exc).__name__}: {_cause(str(exc).splitlines()) or ''}"
+    return f"onnx2tf cannot convert the model{where}: {cause}"[:600]
+
+
+def _cause(lines: List[str]) -> str:
+    """The first line and the first one after it that says why, without onnx2tf's advice."""
+    kept = [line.strip().rstrip(".") for line in lines
+            if line.strip() and not any(line.strip().startswith(n) for n in _NOISE)]
+    if not kept:
+        return ""
+    why = next((line for line in kept[1:] if not line.startswith(("File ", "Traceback", "•"))), "")
+    return f"{kept[0]}: {why}" if why and kept[0].startswith("Exception encountered") else kept[0]
 
 
 def keras_to_tflite(model: Any, precision: str, samples_nhwc: Optional[np.ndarray] = None,
-                    per_channel: bool = True, int8_io: bool = True, keep_float: Iterable[str] = ()) -> bytes:
-    """TFLite flatbuffer bytes of onnx2tf's Keras model at fp32, fp16, dynamic or int8."""
+                    per_channel: bool = True, int8_io: bool = True, keep_float: Iterable[str] = (),
+                    calibration: str = "minmax") -> bytes:
+    """TFLite flatbuffer bytes of onnx2tf's Keras model at fp32, fp16, dynamic or int8.
+
+    int8 ranges follow `calibration` (minmax, percentile[:P] or auto, see _tflite_calibration);
+    ops in `keep_float` (output tensor names) stay float, and the model then has float io.
+    """
     tf = require_quiet("tensorflow")
     converter = _converter(tf, model)
     converter._experimental_disable_per_channel = not per_channel
+    if precision == "int8":
+        if samples_nhwc is None:
+            raise BadInputError("int8 needs calibration data")
+        return _int8(tf, converter, samples_nhwc, per_channel, int8_io, list(keep_float), calibration)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif precision == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif precision == "int8":
-        if samples_nhwc is None:
-            raise BadInputError("int8 needs calibration data")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative(samples_nhwc)
-        keep = list(keep_float)
-        if keep:
-            return _selective_int8(tf, converter, samples_nhwc, keep)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_io:
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
     try:
         with _quiet(tf):
             return converter.convert()
     except Exception as exc:
-        raise BadInputError(f"TFLite conversion failed ({precision}): {_first_line(exc)}") from None
+        raise BadInputError(f"TFLite conversion failed ({precision}): {converter_error(exc)}") from None
+
+
+def _int8(tf, converter, samples_nhwc: np.ndarray, per_channel: bool, int8_io: bool, keep_float: List[str],
+          calibration: str) -> bytes:
+    """Calibrate, choose the activation ranges, quantize (see _tflite_calibration)."""
+    from edgeprune.export import _tflite_calibration as ranges
+
+    try:
+        with _quiet(tf):
+            calibrated = ranges.calibrated(tf, converter, samples_nhwc, per_channel)
+            return ranges.best_int8(tf, calibrated, samples_nhwc, calibration, per_channel, int8_io, keep_float)[0]
+    except Exception as exc:
+        raise BadInputError(f"TFLite conversion failed (int8): {converter_error(exc)}") from None
+
+
+def converter_error(exc: BaseException) -> str:
+    """The converter's own `error:` lines (after a long file path) in one line, with a way out."""
+    text = str(exc)
+    errors = list(dict.fromkeys(m.strip() for m in re.findall(r"error: ([^\n]+)", text)))
+    cause = "; ".join(errors) if errors else _first_line(exc)
+    if "neither a custom op nor a flex op" in text:
+        cause += (" (no TFLite kernel for this op: replace it in the model, e.g. exact GELU by "
+                  "nn.GELU(approximate='tanh'), or export to ONNX)")
+    return cause[:600]
 
 
 def _converter(tf, model: Any):
@@ -149,21 +201,6 @@ def _converter(tf, model: Any):
         concrete = run.get_concrete_function()
     # without the model as trackable_obj, TF freezes the function instead of re-saving the model
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-
-
-def _selective_int8(tf, converter, samples_nhwc: np.ndarray, keep_float: List[str]) -> bytes:
-    """int8 with the named ops (output tensor names) left in float, via the quantization debugger."""
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                           tf.lite.OpsSet.TFLITE_BUILTINS]
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep_float)
-    try:
-        with _quiet(tf):
-            debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=_representative(samples_nhwc[:8]),
-                debug_options=options)
-            return debugger.get_nondebug_quantized_model()
-    except Exception as exc:
-        raise BadInputError(f"selective int8 conversion failed: {_first_line(exc)}") from None
 
 
 def _representative(samples_nhwc: np.ndarray) -> Callable[[], Iterator[List[np.ndarray]]]:
@@ -177,6 +214,8 @@ def _representative(samples_nhwc: np.ndarray) -> Callable[[], Iterator[List[np.n
 def tflite_nodes_for(onnx_model: onnx.ModelProto, fp32_tflite: bytes, names: Iterable[str]) -> List[str]:
     """TFLite op output names of ONNX nodes / torch modules, matched by their weights."""
     wanted = resolve_nodes(onnx_model, names)
+    if not wanted:
+        return []
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
     by_node = {n.name: n for n in onnx_model.graph.node}
     ops = weighted_ops(fp32_tflite)
@@ -252,12 +291,12 @@ def _interpreter(path: Path):
 
 
 @contextlib.contextmanager
-def _quiet(tf) -> Iterator[None]:
+def _quiet(tf) -> Iterator[io.StringIO]:
     """Keep onnx2tf / TF chatter (Python warnings, logs and native output) off the terminal."""
     tf.get_logger().setLevel(logging.ERROR)
-    with quiet_native(), warnings.catch_warnings():
+    with quiet_native() as printed, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        yield printed
 
 
 def nhwc(x_nchw: np.ndarray) -> np.ndarray:

@@ -7,9 +7,9 @@ threshold (fp32 99.9%, fp16 99.5%, int8 / dynamic / mixed 98%), which callers ca
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -25,7 +25,11 @@ DEFAULT_TOP1_AGREEMENT: Dict[str, float] = {
 
 @dataclass
 class VerifyResult:
-    """What `verify --json` prints; the first eight fields are the DESIGN.md contract."""
+    """What `verify --json` prints; the first eight fields are the DESIGN.md contract.
+
+    `float_layers`: the layers of an int8 artifact that run in float (read from the file:
+    ONNX node names, TFLite "OP tensor-name"); empty for fp32, fp16 and dynamic artifacts.
+    """
 
     artifact: str
     target: Optional[str]
@@ -38,6 +42,7 @@ class VerifyResult:
     sqnr_db: float
     precision: str
     threshold: float
+    float_layers: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict (infinite SQNR, for identical outputs, becomes null)."""
@@ -56,6 +61,7 @@ def verify(artifact: str | Path, reference: Any, data: Any = None, target: Optio
     minimum top-1 agreement per precision.
     """
     from edgeprune.export import artifact_precision
+    from edgeprune.export.sensitive import float_layers
 
     if samples < 1:
         raise BadInputError(f"samples must be >= 1, got {samples}")
@@ -74,6 +80,7 @@ def verify(artifact: str | Path, reference: Any, data: Any = None, target: Optio
         accuracy=_accuracy(out, batch.y), reference_accuracy=_accuracy(ref, batch.y),
         passed=bool(agreement >= threshold and np.isfinite(out).all()),
         sqnr_db=sqnr_db(ref, out), precision=precision, threshold=threshold,
+        float_layers=float_layers(artifact) if precision in ("int8", "mixed") else [],
     )
 
 

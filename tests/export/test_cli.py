@@ -40,7 +40,9 @@ def test_done_when_offline_export_then_verify(checkpoint, tmp_path, fmt):
               "--calibration-samples", "64", "--out", str(out), "--json")
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
-    assert d["precision"] == "int8" and d["model_bytes"] == out.stat().st_size
+    # int8 with the first and the last layer kept in float (float_sensitive, the default)
+    assert d["precision"] == "mixed" and d["model_bytes"] == out.stat().st_size
+    assert len(d["float_layers"]) == 2, d["float_layers"]
     noise = [line for line in res.stderr.splitlines() if not line.startswith("exporting ")]
     assert noise == [], res.stderr  # TensorFlow's start-up and converter logs stay off the terminal
     res = run("verify", str(out), "--reference", str(checkpoint), "--data", "mnist", "--samples", "200",
@@ -48,7 +50,8 @@ def test_done_when_offline_export_then_verify(checkpoint, tmp_path, fmt):
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["passed"] is True and d["top1_agreement"] >= 0.98, d
-    assert d["target"] is None and d["samples"] == 200 and d["precision"] == "int8"
+    assert d["target"] is None and d["samples"] == 200 and d["precision"] == "mixed"
+    assert len(d["float_layers"]) == 2, d["float_layers"]
     assert {"max_abs_diff", "accuracy", "reference_accuracy", "artifact"} <= set(d)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.export import (ExportConfig, artifact_precision, export, export_many, load_runner, node_precisions,
-                              verify)
+from edgeprune.export import (ExportConfig, artifact_precision, export, export_many, float_layers, load_runner,
+                              node_precisions, verify)
 from tests.export.conftest import CALIB, VARIANTS, block_network, variant_id
 
 pytest.importorskip("onnx2tf")
@@ -19,7 +19,11 @@ MIN_SQNR_DB = {"fp32": 50.0, "int8": 15.0}
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_zoo_tflite_exports_and_verifies(zoo, artifacts, mnist_test, variant, precision, no_network):
     out = artifacts.get(variant, "tflite")[precision]
-    assert artifact_precision(out) == precision
+    # int8 keeps the first and the last weighted layer in float by default (float_sensitive)
+    assert artifact_precision(out) == {"fp32": "fp32", "int8": "mixed"}[precision]
+    if precision == "int8":
+        kinds = list(node_precisions(out).values())
+        assert kinds[0] == kinds[-1] == "fp32" and kinds.count("fp32") == 2, kinds
     result = verify(out, zoo.get(*variant), mnist_test, samples=SAMPLES)
     assert result.passed, result.to_dict()
     # SQNR too: a fixture that barely beats chance agrees on top-1 even when logits are off
@@ -34,9 +38,12 @@ def resnet20(zoo, mnist_test, tmp_path_factory):
     cfgs = {
         "fp16": ExportConfig(format="tflite", precision="fp16"),
         "dynamic": ExportConfig(format="tflite", precision="dynamic"),
-        "float_io": ExportConfig(format="tflite", precision="int8", int8_io=False, calibration_samples=CALIB),
+        "float_io": ExportConfig(format="tflite", precision="int8", int8_io=False, calibration_samples=CALIB,
+                                 float_sensitive=False),
         "mixed": ExportConfig(format="tflite", precision="int8", calibration_samples=CALIB,
-                              node_precision={"fc": "fp32"}),
+                              node_precision={"fc": "fp32"}, float_sensitive=False),
+        "full_int8": ExportConfig(format="tflite", precision="int8", calibration_samples=CALIB,
+                                  float_sensitive=False),
     }
     with pytest.MonkeyPatch.context() as mp:
         block_network(mp)
@@ -44,16 +51,17 @@ def resnet20(zoo, mnist_test, tmp_path_factory):
     return ckpt, dict(zip(cfgs, paths))
 
 
-def test_int8_io_is_quantized_and_layout_is_nhwc(zoo, artifacts, mnist_test):
+def test_int8_io_is_quantized_and_layout_is_nhwc(zoo, resnet20, mnist_test):
+    """Full-integer int8 (float_sensitive=False): int8 io, every op int8, for integer-only NPUs."""
     from ai_edge_litert.interpreter import Interpreter
 
-    out = artifacts.get(("resnet20", False), "tflite")["int8"]
+    out = resnet20[1]["full_int8"]
     it = Interpreter(model_path=str(out))
     inp, outp = it.get_input_details()[0], it.get_output_details()[0]
     assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
     assert inp["quantization"][0] > 0
     assert list(inp["shape"]) == [1, 28, 28, 1]
-    assert set(node_precisions(out).values()) == {"int8"}
+    assert set(node_precisions(out).values()) == {"int8"} and float_layers(out) == []
     logits = load_runner(out).run(mnist_test.x[:4].numpy())
     assert logits.shape == (4, 10) and logits.dtype == np.float32
     reference = zoo.get("resnet20").model(mnist_test.x[:4]).detach().numpy()
