@@ -18,6 +18,15 @@ def _threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """For tiny nets: a second thread buys nothing and stalls when the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mnist_test():
     from edgeprune.data import load_dataset

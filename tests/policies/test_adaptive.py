@@ -14,12 +14,8 @@ EXAMPLE = torch.zeros(1, 1, 28, 28)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: a second thread buys nothing and stalls when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """These nets are tiny: one thread (tests/conftest.py: one_thread)."""
 
 
 @pytest.fixture(scope="module")

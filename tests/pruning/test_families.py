@@ -27,12 +27,8 @@ FACTORIES = {**FAMILIES, **ZOO}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: a second thread buys nothing and stalls when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """These nets are tiny: one thread (tests/conftest.py: one_thread)."""
 
 
 def build(name: str) -> nn.Module:
