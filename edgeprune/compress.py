@@ -226,15 +226,18 @@ def _baseline_row(job: _Job) -> Row:
 def _int8_against_fp32(job: _Job, model, row: Row) -> Dict[str, Any]:
     """The baseline at fp32 on the same target: int8 is not always faster (onnxruntime's
     CPU EP ran depthwise and LayerNorm nets 3-13x slower in int8), and a user should hear
-    so before the search spends its time on the wrong precision."""
+    so before the search spends its time on the wrong precision. Judged by the exporter's
+    one rule (edgeprune.export.int8_slowdown), as `profile` judges it."""
+    from edgeprune.export import int8_slowdown, int8_slowdown_note
+
     artifact = export_for(job, model, job.out / "candidates" / f"baseline-fp32.{job.fmt}", precision="fp32")
     m = job.target.measure(artifact, runs=job.cfg.runs, threads=job.cfg.threads)
-    ratio = row["p50_ms"] / m.p50_ms
-    if ratio > 1:
-        job.log(f"warning: on {job.target.name} the int8 baseline measured {ratio:.2f}x SLOWER than fp32 "
-                f"(p50 {row['p50_ms']:.3f} vs {m.p50_ms:.3f} ms [{m.source}]); consider --precision fp32")
-    return {"fp32_p50_ms": m.p50_ms, "int8_p50_ms": row["p50_ms"], "int8_over_fp32": round(ratio, 3),
-            "int8_slower": ratio > 1, "source": m.source}
+    note = int8_slowdown_note(row["p50_ms"], m.p50_ms, job.target.name)
+    if note:
+        job.log(f"{note} [{m.source}]")
+    d = int8_slowdown(row["p50_ms"], m.p50_ms)
+    return {"fp32_p50_ms": m.p50_ms, "int8_p50_ms": row["p50_ms"], "int8_over_fp32": d["ratio"],
+            "int8_slower": d["slower"], "source": m.source}
 
 
 def _aims(job: _Job) -> bool:
