@@ -10,12 +10,9 @@ tensorflow and onnx2tf are imported only when a TFLite artifact is made or read.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict
-
-from edgeprune.errors import BadInputError
 from edgeprune.export._export import export, export_artifact, export_many
 from edgeprune.export.config import FORMATS, PRECISIONS, ExportConfig
+from edgeprune.export.precision import artifact_precision, node_precisions
 from edgeprune.export.runtime import Runner, load_runner
 from edgeprune.export.sensitive import float_layers
 from edgeprune.export.speed import int8_slowdown, int8_slowdown_note
@@ -27,27 +24,3 @@ __all__ = [
     "Runner", "float_layers", "int8_slowdown", "int8_slowdown_note",
 ]
 
-
-def artifact_precision(path: str | Path) -> str:
-    """fp32, fp16, int8, dynamic or mixed, read from the artifact's tensor types."""
-    return _reader(path)[0](Path(path))
-
-
-def node_precisions(path: str | Path) -> Dict[str, str]:
-    """Precision of each weighted op (conv, fully connected) of an artifact, by node name."""
-    return _reader(path)[1](Path(path))
-
-
-def _reader(path: str | Path):
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"no such artifact: {p}")
-    if p.suffix.lower() == ".onnx":
-        from edgeprune.export import onnx as onnx_export
-
-        return onnx_export.onnx_precision, lambda q: onnx_export.node_precisions(onnx_export.check_onnx(q))
-    if p.suffix.lower() == ".tflite":
-        from edgeprune.export import tflite as tflite_export
-
-        return tflite_export.tflite_precision, tflite_export.tflite_node_precisions
-    raise BadInputError(f"unknown artifact type {p.suffix!r}: expected .onnx or .tflite")

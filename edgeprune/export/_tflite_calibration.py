@@ -15,6 +15,10 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from edgeprune.export._common import sqnr_db
+from edgeprune.export._litert import (dequantize_tensor, quantize_tensor, quiet_native, representative_dataset,
+                                      require_quiet)
+
 # candidate ranges for "auto": full min/max, and percentiles (as onnx.CALIBRATION_CANDIDATES)
 CANDIDATES = ("minmax", "percentile:99.999", "percentile:99.99")
 Ranges = Dict[int, Tuple[float, float]]
@@ -22,10 +26,8 @@ Ranges = Dict[int, Tuple[float, float]]
 
 def calibrated(tf, converter, samples_nhwc: np.ndarray, per_channel: bool) -> bytes:
     """The converter's calibrated float model (min/max recorded on `samples_nhwc`)."""
-    from edgeprune.export.tflite import _representative
-
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(samples_nhwc)
+    converter.representative_dataset = representative_dataset(samples_nhwc)
     converter._experimental_disable_per_channel = not per_channel
     converter._experimental_calibrate_only = True
     return converter.convert()
@@ -73,8 +75,6 @@ class _Tail:
 
 
 def _tails(model: bytes, samples_nhwc: np.ndarray, percentile: Optional[float]) -> Tuple[Dict[int, _Tail], np.ndarray]:
-    from edgeprune.export.tflite import quiet_native, require_quiet
-
     interp_mod = require_quiet("ai_edge_litert.interpreter")
     with quiet_native():
         interp = interp_mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True)
@@ -125,19 +125,15 @@ def quantize(tf, model: bytes, per_channel: bool, int8_io: bool, keep_float: Lis
 
 def agreement(int8_model: bytes, samples_nhwc: np.ndarray, reference: np.ndarray) -> Tuple[float, float]:
     """(top-1 agreement, SQNR in dB) of an int8 model with the float logits on the samples."""
-    from edgeprune.export.runtime import _dequantize, _quantize
-    from edgeprune.export.tflite import quiet_native, require_quiet
-    from edgeprune.export.verify import sqnr_db
-
     with quiet_native():
         interp = require_quiet("ai_edge_litert.interpreter").Interpreter(model_content=int8_model)
         interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     logits = []
     for sample in samples_nhwc:
-        interp.set_tensor(inp["index"], _quantize(sample[None], inp))
+        interp.set_tensor(inp["index"], quantize_tensor(sample[None], inp))
         interp.invoke()
-        logits.append(_dequantize(interp.get_tensor(out["index"]), out))
+        logits.append(dequantize_tensor(interp.get_tensor(out["index"]), out))
     got = np.concatenate(logits).reshape(reference.shape)
     return float(np.mean(got.argmax(-1) == reference.argmax(-1))), sqnr_db(reference, got)
 

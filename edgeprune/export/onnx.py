@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import BadInputError
+from edgeprune.export._common import first_line, sqnr_db
 from edgeprune.export.config import CALIBRATIONS
 
 INPUT_NAME = "input"
@@ -49,7 +50,7 @@ def torch_to_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, opse
                 do_constant_folding=True, dynamo=exporter == "dynamo",
             )
     except Exception as exc:  # torch raises many types; the user needs the first line
-        raise BadInputError(f"cannot export to ONNX (unsupported op?): {_first_line(exc)}") from None
+        raise BadInputError(f"cannot export to ONNX (unsupported op?): {first_line(exc)}") from None
     check_onnx(path)
 
 
@@ -112,7 +113,7 @@ def check_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise BadInputError(f"{Path(path).name} is not a valid ONNX model: {_first_line(exc)}") from None
+        raise BadInputError(f"{Path(path).name} is not a valid ONNX model: {first_line(exc)}") from None
     return model
 
 
@@ -190,7 +191,7 @@ def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, per_channel:
                 extra_options=extra,
             )
     except Exception as exc:
-        raise BadInputError(f"int8 quantization failed: {_first_line(exc)}") from None
+        raise BadInputError(f"int8 quantization failed: {first_line(exc)}") from None
 
 
 def _best_calibration(src: Path, dst: Path, calibration: np.ndarray, per_channel: bool,
@@ -227,7 +228,6 @@ def _try_calibration(src: Path, out: Path, calibration: np.ndarray, per_channel:
                      method: str, reference: np.ndarray) -> Tuple[Tuple[float, float], Path]:
     """((top-1 agreement, SQNR) with `reference` on the calibration samples, the int8 file)."""
     from edgeprune.export.runtime import load_runner
-    from edgeprune.export.verify import sqnr_db
 
     _quantize_static(src, out, calibration, per_channel, exclude, method)
     logits = load_runner(out).run(calibration)
@@ -272,7 +272,7 @@ def quantize_dynamic(src: Path, dst: Path, per_channel: bool = True) -> None:
             ort_quantize_dynamic(str(src), str(dst), per_channel=per_channel,
                                  weight_type=QuantType.QUInt8)
     except Exception as exc:
-        raise BadInputError(f"dynamic quantization failed: {_first_line(exc)}") from None
+        raise BadInputError(f"dynamic quantization failed: {first_line(exc)}") from None
     check_onnx(dst)
 
 
@@ -378,7 +378,3 @@ def _quiet() -> Iterator[None]:
     finally:
         root.setLevel(level)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

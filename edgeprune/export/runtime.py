@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
 from edgeprune.errors import BadInputError
+from edgeprune.export._litert import dequantize_tensor, quantize_tensor, quiet_native, require_quiet
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -102,8 +103,6 @@ class TFLiteRunner(Runner):
     layout_preference = ("NHWC", "NCHW")
 
     def __init__(self, path: Path, threads: int = 1):
-        from edgeprune.export.tflite import quiet_native, require_quiet
-
         interpreter_mod = require_quiet("ai_edge_litert.interpreter")
         try:
             with quiet_native():  # LiteRT announces its XNNPACK delegate on stderr
@@ -116,13 +115,13 @@ class TFLiteRunner(Runner):
         self.input_shape = tuple(int(d) for d in self._in["shape"])
 
     def invoke(self, native: np.ndarray) -> np.ndarray:
-        self._it.set_tensor(self._in["index"], _quantize(native, self._in))
+        self._it.set_tensor(self._in["index"], quantize_tensor(native, self._in))
         self._it.invoke()
-        return _dequantize(self._it.get_tensor(self._out["index"]), self._out)
+        return dequantize_tensor(self._it.get_tensor(self._out["index"]), self._out)
 
     def time_runs(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> List[float]:
         """Seconds per invoke, with the input tensor set once (as on a device)."""
-        native = _quantize(self.to_native(x)[: self.input_shape[0]], self._in)
+        native = quantize_tensor(self.to_native(x)[: self.input_shape[0]], self._in)
         self._it.set_tensor(self._in["index"], native)
         for _ in range(warmup):
             self._it.invoke()
@@ -132,22 +131,6 @@ class TFLiteRunner(Runner):
             self._it.invoke()
             times.append(time.perf_counter() - t0)
         return times
-
-
-def _quantize(x: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
-    dtype = detail["dtype"]
-    if not np.issubdtype(dtype, np.integer):
-        return x.astype(dtype)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-
-
-def _dequantize(y: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
-    if not np.issubdtype(detail["dtype"], np.integer):
-        return y.astype(np.float32)
-    scale, zero = detail["quantization"]
-    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 def load_runner(artifact: str | Path, threads: int = 1) -> Runner:

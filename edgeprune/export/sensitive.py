@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Sequence
 import onnx
 
 from edgeprune.errors import BadInputError
+from edgeprune.export._litert import require_quiet
 
 GATE_OPS = ("Sigmoid", "HardSigmoid")
 ACTIVATION_OPS = ("HardSwish",)
@@ -130,8 +131,6 @@ def tflite_float_layers(path: Path) -> List[str]:
 
 def _tflite_graph(tflite: bytes, with_types: bool = False):
     """(ops in execution order, tensor index -> name[, -> dtype name]) of a TFLite model."""
-    from edgeprune.export.tflite import require_quiet
-
     interp_mod = require_quiet("ai_edge_litert.interpreter")
     try:
         interp = interp_mod.Interpreter(model_content=tflite)

@@ -15,66 +15,20 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import sys
 import warnings
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import onnx
 
-from edgeprune._optional import require
 from edgeprune.errors import BadInputError
-from edgeprune.export.onnx import _first_line, node_precisions, resolve_nodes
+from edgeprune.export._common import first_line
+from edgeprune.export._litert import quiet_native, require_quiet
+from edgeprune.export.onnx import node_precisions, resolve_nodes
 
 WEIGHTED_TFLITE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-
-
-def require_quiet(module: str) -> ModuleType:
-    """Import a TensorFlow / LiteRT module with its start-up log lines kept off the terminal.
-
-    Set at first use, never at `import edgeprune`; a TF_CPP_MIN_LOG_LEVEL the user chose is kept.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with quiet_native():
-        mod = require(module)
-    if module == "tensorflow":
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-        mod.get_logger().setLevel(logging.ERROR)
-    return mod
-
-
-@contextlib.contextmanager
-def quiet_native() -> Iterator[io.StringIO]:
-    """Send what native code writes to file descriptors 1 and 2 to /dev/null for the block.
-
-    TensorFlow's absl logging prints start-up and converter lines to stderr whatever
-    TF_CPP_MIN_LOG_LEVEL says, and LiteRT announces its delegate there; stdout must stay clean
-    for --json. Errors still reach the caller as Python exceptions; what Python code printed
-    is kept in the buffer yielded (onnx2tf prints the failing node's name there).
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    buffer = io.StringIO()
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        with contextlib.redirect_stdout(buffer):
-            yield buffer
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
 
 
 def onnx_to_keras(onnx_path: Path, work: Path, samples_nhwc: np.ndarray) -> Any:
@@ -186,7 +140,7 @@ def converter_error(exc: BaseException) -> str:
     """The converter's own `error:` lines (after a long file path) in one line, with a way out."""
     text = str(exc)
     errors = list(dict.fromkeys(m.strip() for m in re.findall(r"error: ([^\n]+)", text)))
-    cause = "; ".join(errors) if errors else _first_line(exc)
+    cause = "; ".join(errors) if errors else first_line(exc)
     if "neither a custom op nor a flex op" in text:
         cause += (" (no TFLite kernel for this op: replace it in the model, e.g. exact GELU by "
                   "nn.GELU(approximate='tanh'), or export to ONNX)")
@@ -201,14 +155,6 @@ def _converter(tf, model: Any):
         concrete = run.get_concrete_function()
     # without the model as trackable_obj, TF freezes the function instead of re-saving the model
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
-
-
-def _representative(samples_nhwc: np.ndarray) -> Callable[[], Iterator[List[np.ndarray]]]:
-    def gen() -> Iterator[List[np.ndarray]]:
-        for sample in samples_nhwc:
-            yield [sample[None].astype(np.float32)]
-
-    return gen
 
 
 def tflite_nodes_for(onnx_model: onnx.ModelProto, fp32_tflite: bytes, names: Iterable[str]) -> List[str]:
@@ -287,7 +233,7 @@ def _interpreter(path: Path):
     try:
         return interpreter_mod.Interpreter(model_path=str(path))
     except Exception as exc:
-        raise BadInputError(f"{Path(path).name} is not a valid TFLite model: {_first_line(exc)}") from None
+        raise BadInputError(f"{Path(path).name} is not a valid TFLite model: {first_line(exc)}") from None
 
 
 @contextlib.contextmanager

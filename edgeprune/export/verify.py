@@ -15,8 +15,11 @@ import numpy as np
 import torch
 
 from edgeprune.errors import BadInputError, TargetUnreachableError
+from edgeprune.export._common import sqnr_db
 from edgeprune.export._source import resolve_data, resolve_model
+from edgeprune.export.precision import artifact_precision
 from edgeprune.export.runtime import load_runner
+from edgeprune.export.sensitive import float_layers
 
 DEFAULT_TOP1_AGREEMENT: Dict[str, float] = {
     "fp32": 0.999, "fp16": 0.995, "int8": 0.98, "dynamic": 0.98, "mixed": 0.98,
@@ -60,9 +63,6 @@ def verify(artifact: str | Path, reference: Any, data: Any = None, target: Optio
     `data` defaults to the reference checkpoint's data set; `thresholds` overrides the
     minimum top-1 agreement per precision.
     """
-    from edgeprune.export import artifact_precision
-    from edgeprune.export.sensitive import float_layers
-
     if samples < 1:
         raise BadInputError(f"samples must be >= 1, got {samples}")
     precision = artifact_precision(artifact)
@@ -82,15 +82,6 @@ def verify(artifact: str | Path, reference: Any, data: Any = None, target: Optio
         sqnr_db=sqnr_db(ref, out), precision=precision, threshold=threshold,
         float_layers=float_layers(artifact) if precision in ("int8", "mixed") else [],
     )
-
-
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB; inf when the outputs are identical."""
-    noise = float(np.sum((reference.astype(np.float64) - actual) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
 def _reference_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
