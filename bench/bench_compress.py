@@ -27,11 +27,12 @@ import torch_pruning as tp  # noqa: E402
 
 from _common import machine, print_table, write_json  # noqa: E402
 from edgeprune.analysis import analyze  # noqa: E402
-from edgeprune.compress import AB_ROUNDS, CompressConfig, compress  # noqa: E402
+from edgeprune.compress import CompressConfig, compress  # noqa: E402
+from edgeprune.search import EvaluatorConfig  # noqa: E402
+from edgeprune.search.evaluator import AB_ROUNDS  # noqa: E402
 from edgeprune.data import load_dataset  # noqa: E402
 from edgeprune.export import export_artifact  # noqa: E402
 from edgeprune.models import Checkpoint, create_model, save_checkpoint  # noqa: E402
-from edgeprune.policies import AdaptiveConfig  # noqa: E402
 from edgeprune.pruning import PruneConfig, head_layer, prune  # noqa: E402
 from edgeprune.targets import emulate, load_target  # noqa: E402
 from edgeprune.pruning.recovery import RecoveryConfig, recover  # noqa: E402
@@ -105,7 +106,7 @@ def measure_row(name, model, ckpt, target, baseline_artifact, seconds, workdir, 
 def run_model_target(arch, ckpt, target, workdir, precision):
     rows = []
     t = time.time()
-    cfg = CompressConfig(policy="latency", budget="0.5x", precision=precision)
+    cfg = CompressConfig(policy="latency", budget="0.5x", evaluation=EvaluatorConfig(precision=precision))
     out = workdir / f"out-{arch}-{target.name}"
     result = compress(workdir / f"{arch}.pt", target, cfg, out, progress=False)
     base_m, final_m = result["baseline"]["measurement"], result["final"]["measurement"]
@@ -116,7 +117,7 @@ def run_model_target(arch, ckpt, target, workdir, precision):
     baseline_artifact = out / "candidates" / f"iter-000.{'tflite' if target.runtime == 'tflite' else 'onnx'}"
     goal = 0.5 * result["baseline"]["macs"]
     train_set = load_dataset("mnist", "train")
-    a = AdaptiveConfig()
+    a = EvaluatorConfig()  # the recovery every measured candidate gets
     for name, method in (("(a) uniform L1", uniform_l1), ("(b) torch-pruning global", tp_global)):
         t0 = time.time()
         _, model = method(ckpt, goal)
@@ -135,7 +136,7 @@ def run_model_target(arch, ckpt, target, workdir, precision):
 
 def accuracy_critical(workdir: Path) -> dict:
     ckpt = trained("resnet56", workdir)
-    cfg = CompressConfig(policy="accuracy", tolerance=0.0, adaptive=AdaptiveConfig(max_iterations=8))
+    cfg = CompressConfig(policy="accuracy", tolerance=0.0, method_options={"max_iterations": 8})
     result = compress(workdir / "resnet56.pt", "x86-ort", cfg, workdir / "out-resnet56", progress=False)
     b, f = result["baseline"], result["final"]
     return {"arch": "resnet56", "baseline_accuracy": b["accuracy"], "final_accuracy": f["accuracy"],

@@ -86,14 +86,14 @@ def _cannot_emulate() -> Optional[str]:
 def run_demo(out_dir: str | Path = "demo-out", epochs: int = DEMO_EPOCHS) -> Dict[str, Any]:
     """Run the whole demo; returns the compress result (result.json)."""
     from edgeprune.compress import CompressConfig, compress
-    from edgeprune.policies import AdaptiveConfig
+    from edgeprune.search import EvaluatorConfig
 
     out = Path(out_dir)
     model = trained_model(epochs)
     if out.exists():
         shutil.rmtree(out)
     with demo_target() as target:
-        cfg = CompressConfig(policy="latency", budget="0.5x", precision="int8",
-                             adaptive=AdaptiveConfig(max_iterations=DEMO_ITERATIONS))
+        cfg = CompressConfig(policy="latency", budget="0.5x", evaluation=EvaluatorConfig(precision="int8"),
+                             method_options={"max_iterations": DEMO_ITERATIONS})
         log(f"compressing on {target.name}: latency budget 0.5x of the measured baseline, int8")
         return compress(model, target, cfg, out)

@@ -1,6 +1,6 @@
-"""The end of a compress job: final artifacts measured and verified on the target, then
-result.json, report.md, report.html and pareto.png. Every latency and memory figure in the
-reports carries its provenance (source, runtime and version, threads, runs).
+"""Renders a compress result and its history: report.md, report.html and pareto.png. Every
+latency and memory figure carries its provenance (source, runtime and version, threads, runs).
+It renders only: the job (edgeprune.compress) measures, decides and calls it.
 """
 from __future__ import annotations
 
@@ -10,81 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from edgeprune._io import atomic_path, atomic_write_bytes
-from edgeprune.analysis import analyze
-from edgeprune.models import reload
-from edgeprune.policies.budget import comparable_p50
-from edgeprune.train import evaluate
-
-Row = Dict[str, Any]
-
-
-def finish_job(job, rows: List[Row], final: Row, wall_seconds: float) -> Dict[str, Any]:
-    """Write the final artifacts and reports; returns the result.json object."""
-    from edgeprune.compress import export_for, measure_on_target
-    from edgeprune.export import verify
-
-    baseline = rows[0]
-    base_model = job.ckpt.model
-    shipped_ckpt = reload(job.state_path(final["iteration"]), job.ckpt)
-    model = shipped_ckpt.model
-    shipped_ckpt.metadata = {**job.ckpt.metadata, "accuracy": evaluate(model, job.test)["top1"]}
-    shipped_ckpt.save(job.out / "model.pt")
-    artifacts = _export_final(job, model, export_for)
-    shipped = artifacts[job.fmt]
-    measured = measure_on_target(job, shipped)  # under 0.5x: interleaved with the baseline artifact
-    final_row = {**final, **measured, "artifact_bytes": Path(shipped).stat().st_size}
-    base_measurement = measured.get("baseline_measurement", baseline["measurement"])
-    verifications = {fmt: verify(path, shipped_ckpt, data=job.test, target=job.target.name).to_dict()
-                     for fmt, path in artifacts.items() if path}
-    policy = job.cfg.policy_obj
-    verified = all(v["passed"] for v in verifications.values())
-    met, reason = policy.verdict(final_row, baseline, verified)
-    result = {
-        "policy": policy.name, "budget": job.cfg.budget, "tolerance": policy.guard,
-        "met": met, "reason": reason, "guard_passed": policy.good(final, baseline),
-        "budget_met": policy.meets_budget(final_row, baseline), "verified": verified,
-        "precision": job.cfg.precision, "target": job.target.name,
-        "baseline": _summary(job, base_model, baseline, base_measurement),
-        "final": _summary(job, model, final, measured["measurement"]),
-        "ab": measured.get("ab"), "int8_vs_fp32": baseline.get("fp32_comparison"),
-        "artifacts": {k: (str(v) if v else None) for k, v in artifacts.items()},
-        "verification": verifications.get(job.fmt), "verifications": verifications,
-        "iterations": len(rows) - 1, "final_iteration": final["iteration"],
-        "wall_seconds": round(wall_seconds, 1),
-    }
-    atomic_write_bytes(job.out / "result.json", (json.dumps(result, indent=2) + "\n").encode())
-    write_reports(job.out, result, rows, _channels(base_model), _channels(model))
-    return result
-
-
-def _export_final(job, model, export_for) -> Dict[str, Optional[Path]]:
-    """model.onnx and model.tflite at the job's precision (TFLite needs the tflite extra)."""
-    from edgeprune.errors import MissingDependencyError
-
-    out: Dict[str, Optional[Path]] = {}
-    for fmt in ("onnx", "tflite"):
-        try:
-            out[fmt] = export_for(job, model, job.out / f"model.{fmt}")
-        except MissingDependencyError as exc:
-            if fmt == job.fmt:
-                raise
-            job.log(f"skipping model.{fmt}: {exc}")
-            out[fmt] = None
-    return out
-
-
-def _summary(job, model, row: Row, measurement: Dict[str, Any]) -> Dict[str, Any]:
-    report = analyze(model, job.ckpt.input_shape, job.ckpt.arch)
-    return {
-        "accuracy": evaluate(model, job.test)["top1"], "val_accuracy": row["accuracy"],
-        "params": report.params, "macs": report.macs, "model_bytes": row["artifact_bytes"],
-        "measurement": measurement,
-    }
-
-
-def _channels(model) -> Dict[str, int]:
-    from edgeprune.pruning import channel_spec
-    return channel_spec(model)
+from edgeprune.search.candidate import Candidate
 
 
 def provenance(m: Dict[str, Any]) -> str:
@@ -95,10 +21,12 @@ def provenance(m: Dict[str, Any]) -> str:
             f"{m.get('runs')} runs{flags}")
 
 
-def write_reports(out: Path, result: Dict[str, Any], rows: List[Row], before: Dict[str, int],
+def write_reports(out: Path, result: Dict[str, Any], candidates: List[Candidate], before: Dict[str, int],
                   after: Dict[str, int]) -> None:
-    """report.md, report.html and pareto.png in `out`."""
-    _pareto_png(out / "pareto.png", rows, result)
+    """report.md, report.html and pareto.png in `out`; the plot and the table show the
+    candidates measured on the target (estimates are counted, and kept in history.jsonl)."""
+    rows = [c for c in candidates if c.iteration == 0 or c.fidelity != "estimate"]
+    _pareto_png(out / "pareto.png", [c for c in rows if c.accuracy is not None], result)
     md = _markdown(result, rows, before, after)
     atomic_write_bytes(out / "report.md", md.encode())
     atomic_write_bytes(out / "report.html", _html(md).encode())
@@ -130,7 +58,7 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(result: Dict[str, Any], rows: List[Row], before: Dict[str, int], after: Dict[str, int]) -> str:
+def _markdown(result: Dict[str, Any], rows: List[Candidate], before: Dict[str, int], after: Dict[str, int]) -> str:
     fm = result["final"]["measurement"]
     device = fm.get("device") or {}
     verdict = "MET" if result["met"] else "NOT MET"
@@ -140,7 +68,8 @@ def _markdown(result: Dict[str, Any], rows: List[Row], before: Dict[str, int], a
         f"Target **{result['target']}** ({'emulated' if fm.get('emulated') else 'device'}): "
         f"host {device.get('hostname')}, CPU {device.get('cpu')}, {device.get('cores')} cores; "
         f"runtime {fm['runtime'].get('name')} {fm['runtime'].get('version')}. Precision {result['precision']}. "
-        f"{result['iterations']} candidates in {result['wall_seconds']} s.",
+        f"Method {result.get('method', 'adaptive')}: {result['iterations']} candidates in {result['wall_seconds']} s"
+        f"{_search_sentence(result)}.",
         "## Baseline against final",
         _table(["", "baseline", "final", "provenance"], _comparison(result)),
         _ab_sentence(result),
@@ -148,17 +77,32 @@ def _markdown(result: Dict[str, Any], rows: List[Row], before: Dict[str, int], a
         _table(["artifact", "samples", "top-1 agreement", "max abs diff", "accuracy (fraction)", "passed"],
                [[v["artifact"], v["samples"], f"{v['top1_agreement']:.4f}", f"{v['max_abs_diff']:.4g}",
                  v["accuracy"], v["passed"]] for v in result["verifications"].values()]),
-        "## Candidates (accuracy on the validation split; latency measured on the target)",
+        "## Candidates measured on the target (accuracy on the validation split)",
         "![pareto](pareto.png)",
-        _table(["iter", "parent", "threshold", "val acc %", "params", "MACs", "p50 ms", "x baseline", "source",
-                "good", "in budget"],
-               [[r["iteration"], r["parent"], f"{r['threshold']:.3f}", f"{r['accuracy']:.2f}", f"{r['params']:,}",
-                 f"{r['macs']:,}", f"{r['p50_ms']:.3f}", f"{comparable_p50(r, rows[0]) / rows[0]['p50_ms']:.3f}",
-                 r["source"], r.get("good"), r.get("met_budget")] for r in rows]),
+        _table(["iter", "fidelity", "parent", "val acc %", "params", "MACs", "p50 ms", "x baseline", "source",
+                "good", "in budget"], [_candidate_row(c, rows[0]) for c in rows]),
         "## Channels per layer",
         _table(["layer", "before", "after"], [[k, v, after.get(k, "-")] for k, v in before.items()]),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _candidate_row(c: Candidate, baseline: Candidate) -> List[Any]:
+    acc = "untrained" if c.accuracy is None else f"{c.accuracy:.2f}"
+    p50 = c.comparable_p50(baseline)
+    ratio = "-" if p50 is None or not baseline.p50_ms else f"{p50 / baseline.p50_ms:.3f}"
+    return [c.iteration, c.fidelity, c.parent, acc, f"{c.params:,}", f"{c.macs:,}",
+            "-" if c.p50_ms is None else f"{c.p50_ms:.3f}", ratio, c.source, c.good, c.met_budget]
+
+
+def _search_sentence(result: Dict[str, Any]) -> str:
+    s = result.get("search") or {}
+    if not s:
+        return ""
+    err = s.get("predictor_error")
+    pred = (f"; the FLOPs proxy was within 10% of the measurement for {err['within_10pct']:.0%} of "
+            f"{err['compared']} candidate(s)") if err else ""
+    return f" ({s['estimates']} estimates without fine-tuning, {s['measurements']} measured on the target{pred})"
 
 
 def _ab_sentence(result: Dict[str, Any]) -> str:
@@ -195,28 +139,28 @@ def _html(md: str) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>edgeprune report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
 
 
-def _pareto_png(path: Path, rows: List[Row], result: Dict[str, Any]) -> None:
+def _pareto_png(path: Path, rows: List[Candidate], result: Dict[str, Any]) -> None:
     """Accuracy against measured p50 for every candidate, the Pareto front and the budget."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    x = {r["iteration"]: comparable_p50(r, rows[0]) for r in rows}  # interleaved rows: on the baseline's scale
-    ax.scatter([x[r["iteration"]] for r in rows], [r["accuracy"] for r in rows],
-               c=["tab:green" if r.get("met_budget") else "tab:gray" for r in rows], zorder=3)
+    x = {r.iteration: r.comparable_p50(rows[0]) for r in rows}  # interleaved: on the baseline's scale
+    ax.scatter([x[r.iteration] for r in rows], [r.accuracy for r in rows],
+               c=["tab:green" if r.met_budget else "tab:gray" for r in rows], zorder=3)
     for r in rows:
-        ax.annotate(str(r["iteration"]), (x[r["iteration"]], r["accuracy"]), fontsize=7, xytext=(3, 3),
+        ax.annotate(str(r.iteration), (x[r.iteration], r.accuracy), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
     front = _pareto_front(rows, x)
-    ax.plot([x[r["iteration"]] for r in front], [r["accuracy"] for r in front], "b--", lw=1, label="Pareto front")
-    final = next(r for r in rows if r["iteration"] == result["final_iteration"])
-    ax.scatter([x[final["iteration"]]], [final["accuracy"]], marker="*", s=250, c="tab:red", zorder=4, label="final")
+    ax.plot([x[r.iteration] for r in front], [r.accuracy for r in front], "b--", lw=1, label="Pareto front")
+    final = next(r for r in rows if r.iteration == result["final_iteration"])
+    ax.scatter([x[final.iteration]], [final.accuracy], marker="*", s=250, c="tab:red", zorder=4, label="final")
     if result["budget"] and str(result["budget"]).endswith(("x", "ms")):
-        limit = (rows[0]["p50_ms"] * float(result["budget"][:-1]) if result["budget"].endswith("x")
+        limit = (rows[0].p50_ms * float(result["budget"][:-1]) if result["budget"].endswith("x")
                  else float(result["budget"][:-2]))
         ax.axvline(limit, color="tab:red", lw=1, label=f"budget {result['budget']}")
-    src = rows[0]["measurement"]
+    src = rows[0].measurement
     ax.set_xlabel(f"p50 latency, ms ({src['source']} on {result['target']}, {src['runtime'].get('name')})")
     ax.set_ylabel("validation top-1, %")
     ax.legend(fontsize=8)
@@ -227,10 +171,10 @@ def _pareto_png(path: Path, rows: List[Row], result: Dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def _pareto_front(rows: List[Row], x: Dict[int, float]) -> List[Row]:
+def _pareto_front(rows: List[Candidate], x: Dict[int, float]) -> List[Candidate]:
     front, best = [], -1.0
-    for r in sorted(rows, key=lambda r: x[r["iteration"]]):
-        if r["accuracy"] > best:
+    for r in sorted(rows, key=lambda r: x[r.iteration]):
+        if r.accuracy > best:
             front.append(r)
-            best = r["accuracy"]
+            best = r.accuracy
     return front

@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
-FAST = ["--max-iterations", "3", "--finetune-epochs", "1", "--finetune-samples", "400", "--runs", "20", "--step", "0.3"]
+FAST_JOB = ["--finetune-epochs", "1", "--finetune-samples", "400", "--runs", "20"]
+FAST = FAST_JOB + ["--max-iterations", "3", "--step", "0.3"]  # the adaptive method's own settings
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,9 @@ def small_model(tmp_path_factory):
     return path
 
 
-def compress_args(model, out, policy="accuracy", extra=()):
+def compress_args(model, out, policy="accuracy", extra=(), fast=FAST):
     args = ["compress", str(model), "--target", "x86-ort", "--policy", policy, "--data", "mnist",
-            "--out", str(out), *FAST, *extra]
+            "--out", str(out), *fast, *extra]
     if policy == "accuracy":
         args += ["--tolerance", "2"]
     return args
@@ -51,6 +52,9 @@ def test_compress_latency_writes_measured_result(small_model, tmp_path):
     assert all(any(n.startswith("interleaved A/B: 4 paired benches") for n in m["notes"]) for m in (base, final))
     candidates = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()[1:]]
     assert candidates and all(c["baseline_p50_ms"] > 0 and c["ab"]["rounds"] == 4 for c in candidates)
+    assert candidates[0]["fidelity"] == "latency" and candidates[0]["accuracy"] is None  # the shapes-only probe
+    assert result["method"] == "adaptive" and result["search"]["estimates"] == 0
+    assert result["search"]["measurements"] == len(candidates)
     for c in candidates:  # meeting the budget takes a second A/B, and the slower one stands
         if c["met_budget"]:
             assert len(c["confirmation_ratios"]) == 2
@@ -73,6 +77,35 @@ def test_compress_memory_size_budget(small_model, tmp_path):
     if result["met"]:
         assert result["final"]["model_bytes"] <= 150_000
     assert result["baseline"]["model_bytes"] > 150_000  # the budget forced pruning
+
+
+def test_random_search_estimates_many_and_measures_few(small_model, tmp_path):
+    out = tmp_path / "rnd"
+    options = ["--method", "random", "--method-option", "samples=12", "--method-option", "measure_top=2",
+               "--method-option", "rounds=2"]
+    res = run_cli(*compress_args(small_model, out, "memory", ["--budget", "150KB", "--json", *options], FAST_JOB))
+    assert res.returncode in (0, 1), res.stderr
+    result = json.loads(res.stdout)
+    assert (res.returncode == 0) == result["met"] and result["method"] == "random"
+    search = result["search"]
+    assert search["estimates"] in (12, 24) and 1 <= search["measurements"] <= 4
+    lines = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    estimates = [c for c in lines if c["fidelity"] == "estimate"]
+    assert all(c["source"] != "device" and c["artifact"] is None for c in estimates)  # no target involved
+    assert all(c["artifact_bytes"] <= 150_000 for c in estimates)  # computed cost within the budget
+    measured = [c for c in lines[1:] if c["fidelity"] == "measure"]
+    best = sorted((c for c in estimates if c["proposal"]["extra"]["round"] == 0), key=lambda c: -c["accuracy"])
+    assert measured[0]["proposal"]["spec"] == best[0]["proposal"]["spec"]  # the top estimate is measured first
+    if result["met"]:
+        assert result["final"]["model_bytes"] <= 150_000 and result["guard_passed"]
+
+
+def test_unknown_method_option_is_refused_before_anything_is_written(small_model, tmp_path):
+    out = tmp_path / "bad"
+    res = run_cli(*compress_args(small_model, out, "memory", ["--budget", "150KB", "--method", "random",
+                                                              "--method-option", "sample=3"], FAST_JOB))
+    assert res.returncode == 2 and "has no option sample" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
 
 
 def test_existing_out_dir_needs_resume(small_model, tmp_path):

@@ -17,8 +17,11 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
     p.add_argument("--round-to", type=int, help="keep channel counts at multiples of this (default 1)")
     p.add_argument("--ignore", help="layers never pruned, comma-separated names (see `edgeprune analyze`)")
-    p.add_argument("--max-iterations", type=int, help="candidates tried at most (default 10)")
-    p.add_argument("--step", type=float, help="λ: threshold increase per iteration (default 0.15)")
+    p.add_argument("--method", default="adaptive", help="search method (see `edgeprune methods`; default adaptive)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the method, e.g. samples=200 for random (repeatable)")
+    p.add_argument("--max-iterations", type=int, help="adaptive: candidates tried at most (default 10)")
+    p.add_argument("--step", type=float, help="adaptive: λ, threshold increase per iteration (default 0.15)")
     p.add_argument("--finetune-epochs", type=int, help="recovery epochs per candidate (default 3)")
     p.add_argument("--finetune-samples", type=int, help="training images per fine-tune (default 8000)")
     p.add_argument("--finetune-lr", type=float,
@@ -36,15 +39,16 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from edgeprune.compress import CompressConfig, compress
-    from edgeprune.policies import AdaptiveConfig
+    from edgeprune.search import EvaluatorConfig
     from edgeprune.targets import load_target
 
     ckpt = load_cli_model(args)
     target = load_target(args.profile or args.target)
-    cfg = CompressConfig(policy=args.policy, budget=args.budget, tolerance=args.tolerance,
-                         precision=args.precision, data=args.data, runs=args.runs,
-                         finetune_lr=args.finetune_lr, allow_untrained=args.allow_untrained,
-                         adaptive=AdaptiveConfig(seed=args.seed, **_adaptive_overrides(args)))
+    evaluation = EvaluatorConfig(precision=args.precision, runs=args.runs, finetune_lr=args.finetune_lr,
+                                 seed=args.seed, **_evaluation_overrides(args))
+    cfg = CompressConfig(policy=args.policy, budget=args.budget, tolerance=args.tolerance, method=args.method,
+                         method_options=_method_options(args), data=args.data, evaluation=evaluation,
+                         allow_untrained=args.allow_untrained)
     result = compress(ckpt, target, cfg, args.out, resume=args.resume)
     if args.json:
         emit_json(result)
@@ -53,13 +57,35 @@ def run(args) -> int:
     return 0 if result["met"] else 1
 
 
-def _adaptive_overrides(args) -> dict:
-    """The adaptive settings given on the command line; the rest keep AdaptiveConfig's defaults."""
-    names = ("max_iterations", "step", "finetune_epochs", "finetune_samples", "distill", "round_to")
+def _evaluation_overrides(args) -> dict:
+    """The recovery and pruning settings given on the command line; the rest keep the defaults."""
+    names = ("finetune_epochs", "finetune_samples", "distill", "round_to")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.ignore:
         given["ignored"] = tuple(name.strip() for name in args.ignore.split(",") if name.strip())
     return given
+
+
+def _method_options(args) -> dict:
+    """--method-option KEY=VALUE pairs (values read as JSON when they parse, else as text), and
+    the adaptive method's own flags."""
+    import json
+
+    from edgeprune.errors import BadInputError
+
+    options = {}
+    for item in args.method_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInputError(f"--method-option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    for flag in ("max_iterations", "step"):
+        if getattr(args, flag) is not None:
+            options[flag] = getattr(args, flag)
+    return options
 
 
 def print_summary(result: dict, out: str) -> None:
@@ -68,8 +94,10 @@ def print_summary(result: dict, out: str) -> None:
 
     b, f = result["baseline"], result["final"]
     verdict = "met" if result["met"] else "NOT met"
+    search = result.get("search") or {}
     print(f"{result['policy']} budget {result['budget'] or '-'} on {result['target']}: {verdict} "
-          f"after {result['iterations']} candidates ({result['wall_seconds']} s)")
+          f"after {result['iterations']} candidates ({result['wall_seconds']} s, method {result['method']}: "
+          f"{search.get('estimates', 0)} estimates, {search.get('measurements', 0)} measured)")
     print(f"  {result['reason']}")
     for name, s in (("baseline", b), ("final", f)):
         m = s["measurement"]

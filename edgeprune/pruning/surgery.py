@@ -14,6 +14,8 @@ per prunable layer, see spec.py) and its weights.
 """
 from __future__ import annotations
 
+import copy
+
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -497,6 +499,37 @@ def _prune_ratio(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tenso
                          f"{keep}: a coupled layer would be left too few channels")
         surgeon.drop(group, chosen)
     model.train(was_training)
+
+
+def group_roots(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str] = ()) -> List[str]:
+    """The root layer of every coupled group that can be pruned, in module order: the
+    decisions a layer-wise search makes (one keep ratio per root)."""
+    surgeon = Surgeon(model, example_inputs, ignored)
+    return [g.root for g in surgeon.groups() if not g.blocked and len(g.units) > 1]
+
+
+def prune_group_ratios(model: nn.Module, ratios: Dict[str, float], example_inputs: torch.Tensor,
+                       round_to: int = 1, ignored: Sequence[str] = ()) -> nn.Module:
+    """A scratch copy of `model` in which each coupled group keeps `ratios[root]` of its units
+    (whole units, rounded to `round_to`; trailing units go): its channel spec is consistent for
+    coupled layers by construction. Groups not named keep their channels."""
+    trial = copy.deepcopy(model).eval()
+    surgeon = Surgeon(trial, example_inputs, ignored)
+    for group in surgeon.groups():
+        if group.blocked or group.root not in ratios:
+            continue
+        n = len(group.units)
+        keep = round_channels(n * float(ratios[group.root]), group.granularity(round_to), n)
+        if keep < n:
+            trailing = sorted(range(n), key=lambda u: -group.units[u][-1])
+            surgeon.drop(group, surgeon.select(group, trailing, n - keep))
+    return trial
+
+
+def spec_for_group_ratios(model: nn.Module, ratios: Dict[str, float], example_inputs: torch.Tensor,
+                          round_to: int = 1, ignored: Sequence[str] = ()) -> ChannelSpec:
+    """The channel spec `prune_group_ratios` leaves."""
+    return channel_spec(prune_group_ratios(model, ratios, example_inputs, round_to, ignored))
 
 
 def prune_to_spec(model: nn.Module, spec: ChannelSpec, example_inputs: torch.Tensor,

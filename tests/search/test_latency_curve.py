@@ -1,7 +1,7 @@
 """The latency curve the latency policy aims with: through measurements, cautious below them."""
 import pytest
 
-from edgeprune.policies.latency_model import LatencyModel
+from edgeprune.search.methods.adaptive import LatencyModel
 
 
 def test_interpolates_between_measurements():

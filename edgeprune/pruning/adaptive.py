@@ -4,8 +4,8 @@ Activation-based Structured Pruning").
 Each filter's attention is mean(|ReLU(A)|^p) over calibration data. Scores are divided by
 their group's mean so layers are comparable; a global threshold T is scaled per group by the
 group's share of the parameters (big layers are pruned harder), and every filter at or
-below its threshold is removed physically. The search loop that raises T lives in
-policies/search.py.
+below its threshold is removed physically. The search that raises T is the `adaptive` method
+(edgeprune/search/methods/adaptive.py).
 """
 from __future__ import annotations
 
@@ -23,43 +23,28 @@ from edgeprune.pruning.surgery import CoupledGroup, Surgeon
 
 @dataclass
 class AdaptiveConfig:
-    """Settings of the adaptive loop.
+    """How a threshold turns into removed filters.
 
     Args:
         p: exponent of the attention mean(|A|^p).
-        step: λ, how much T rises per iteration (halved after each roll-back).
-        max_resets: roll-backs allowed before the search gives up.
-        max_iterations: candidates tried at most (baseline excluded).
         max_layer_fraction: no group loses more than this fraction of its channels at once.
         min_channels: no group goes below this many channels (and round_to).
-        finetune_epochs, finetune_samples: recovery training per candidate (its learning
-            rate follows the checkpoint's optimizer; CompressConfig.finetune_lr overrides it).
+        round_to: kept channel counts are multiples of this (SIMD-friendly shapes).
         ignored: layer names (or block prefixes) never pruned.
-        distill: weight of the unpruned model's soft targets during that training (0: none).
         scale_by: a group's share of "params" (the paper; memory) or of "macs" (latency)
             scales its threshold.
     """
 
     p: float = 2.0
-    step: float = 0.15
-    max_resets: int = 4
-    max_iterations: int = 10
     max_layer_fraction: float = 0.75
     min_channels: int = 2
     round_to: int = 1
     ignored: Tuple[str, ...] = ()
-    finetune_epochs: int = 3
-    finetune_samples: int = 8000
-    distill: float = 0.5
-    calibration_samples: int = 256
     scale_by: str = "params"
-    seed: int = 0
     version: int = 1
 
     def __post_init__(self) -> None:
         self.ignored = tuple(self.ignored)  # a list when read back from run.json
-        if self.step <= 0 or self.max_resets < 0 or self.max_iterations < 1:
-            raise BadInputError("adaptive settings need step > 0, max_resets >= 0, max_iterations >= 1")
         if self.scale_by not in ("params", "macs"):
             raise BadInputError(f"scale_by must be params or macs, got {self.scale_by!r}")
         if not 0 < self.max_layer_fraction < 1:

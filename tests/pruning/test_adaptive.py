@@ -6,7 +6,7 @@ import torch
 from edgeprune.analysis import analyze
 from edgeprune.errors import BadInputError
 from edgeprune.models import create_model
-from edgeprune.policies import AdaptiveConfig, plan_threshold, prune_by_threshold
+from edgeprune.pruning.adaptive import AdaptiveConfig, plan_threshold, prune_by_threshold
 from edgeprune.pruning import channel_spec, is_depthwise, prune_to_spec
 from tests.conformance.families import FAMILIES
 

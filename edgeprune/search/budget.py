@@ -1,15 +1,19 @@
 """Budgets as the CLI writes them: latency `12ms` or `0.5x`, memory `2MB` or `peak:64MB`.
 
 A budget is judged only on measured numbers: the latency p50 and peak memory of a
-Measurement from the target, or the artifact's size on disk.
+Measurement from the target, or the artifact's size on disk. Predictions and FLOPs proxies
+may choose where a search looks (`within`), never whether a budget is met (`is_met`).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Optional
 
 from edgeprune.errors import BadInputError
+
+if TYPE_CHECKING:
+    from edgeprune.search.candidate import Candidate
 
 _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
@@ -26,44 +30,47 @@ class Budget:
     value: float
     text: str
 
-    def limit(self, baseline: Optional[Dict[str, Any]] = None) -> float:
-        """The absolute limit: latency in ms, bytes, or MB; ratios need the baseline row."""
+    def limit(self, baseline: Optional["Candidate"] = None) -> float:
+        """The absolute limit: latency in ms, bytes, or MB; ratios need the baseline."""
         if self.kind == "latency_ratio":
-            if not baseline or not baseline.get("p50_ms"):
+            if baseline is None or not baseline.p50_ms:
                 raise BadInputError("a 0.5x latency budget needs a measured baseline")
-            return self.value * baseline["p50_ms"]
+            return self.value * baseline.p50_ms
         return self.value
 
-    def observed(self, row: Dict[str, Any]) -> Optional[float]:
-        """The measured quantity this budget limits, from a candidate row."""
+    def observed(self, c: "Candidate") -> Optional[float]:
+        """The quantity this budget limits, as the candidate carries it (any source)."""
         key = {"latency_ms": "p50_ms", "latency_ratio": "p50_ms", "size_bytes": "artifact_bytes",
                "peak_mb": "peak_memory_mb"}.get(self.kind)
-        return None if key is None else row.get(key)
+        return None if key is None else getattr(c, key)
 
-    def is_met(self, row: Dict[str, Any], baseline: Optional[Dict[str, Any]] = None) -> bool:
-        """True only when a measured number is present and within the limit. A ratio is taken
-        against the baseline benched alongside the row when there is one (interleaved A/B)."""
+    def within(self, c: "Candidate", baseline: Optional["Candidate"] = None) -> bool:
+        """The candidate's figure, whatever its source (a prediction too), is within the limit:
+        where a search looks, never whether the budget is met."""
         if self.kind == "none":
             return True
-        seen = self.observed(row)
-        if self.kind == "latency_ratio" and row.get("baseline_p50_ms"):
-            baseline = {"p50_ms": row["baseline_p50_ms"]}
-        return seen is not None and row.get("source") in ("device", "emulated") and seen <= self.limit(baseline)
+        seen = self.observed(c)
+        if self.kind == "latency_ratio" and c.baseline_p50_ms:
+            limit = self.value * c.baseline_p50_ms
+        else:
+            limit = self.limit(baseline)
+        return seen is not None and seen <= limit
+
+    def is_met(self, c: "Candidate", baseline: Optional["Candidate"] = None) -> bool:
+        """True only when a MEASURED number is present and within the limit. A ratio is taken
+        against the baseline benched alongside the candidate when there is one (interleaved A/B);
+        artifact size is read from the file, so it counts as measured once there is an artifact."""
+        if self.kind == "none":
+            return True
+        if self.kind == "size_bytes":
+            return c.artifact is not None and self.within(c, baseline)
+        return c.measured and self.within(c, baseline)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 NO_BUDGET = Budget("none", 0.0, "")
-
-
-def comparable_p50(row: Dict[str, Any], baseline: Dict[str, Any]) -> float:
-    """The row's p50 on the baseline row's scale: a row benched interleaved with the baseline
-    artifact is rescaled by the baseline p50 of its own window, so rows measured minutes apart
-    compare by their ratios, not by the device's drift in between."""
-    if row.get("baseline_p50_ms") and baseline.get("p50_ms"):
-        return row["p50_ms"] * baseline["p50_ms"] / row["baseline_p50_ms"]
-    return row["p50_ms"]
 
 
 def parse_budget(policy: str, text: Optional[str]) -> Budget:

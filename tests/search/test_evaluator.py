@@ -1,0 +1,66 @@
+"""The Evaluator on a trained model and the real x86-ort target: an estimate touches no
+target and labels its latency a proxy; a measurement fine-tunes, exports and measures, and
+both sides of a call pickle (a distributed executor can run them elsewhere)."""
+import pickle
+
+import pytest
+import torch
+
+from edgeprune.data import load_dataset
+from edgeprune.models import Checkpoint, create_model
+from edgeprune.pruning import spec_for_ratio
+from edgeprune.search import Evaluator, EvaluatorConfig, History, Proposal, Splits, make_policy, parse_budget
+from edgeprune.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory):
+    from edgeprune.targets import load_target
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=8)
+    tr = load_dataset("mnist", "train")
+    train(model, tr.subset(2000), TrainConfig(epochs=1, batch_size=32, progress=False))
+    ckpt = Checkpoint(model.eval(), "resnet20", {"width": 8}, {},
+                      {"input_shape": [1, 28, 28], "num_classes": 10, "dataset": "mnist"})
+    data = Splits(tr, load_dataset("mnist", "val"), load_dataset("mnist", "test"), list(tr.subset(128).loader(64)))
+    policy = make_policy("latency", parse_budget("latency", "0.5x"), None)
+    cfg = EvaluatorConfig(runs=20, finetune_epochs=1, finetune_samples=500, estimate_bn_samples=256)
+    out = tmp_path_factory.mktemp("evaluator")
+    target = load_target("x86-ort")
+    with target.session():
+        ev = Evaluator(ckpt, target, out, data, policy, cfg)
+        history = History(out / "history.jsonl")
+        history.append(ev.baseline())
+        ev.update(history)
+        yield ev, history
+
+
+def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluator):
+    ev, history = evaluator
+    spec = spec_for_ratio(ev.ckpt.model, 0.5)
+    before = dict(ev.counts)
+    c = ev.evaluate(Proposal(spec, "estimate"), history.next_iteration)
+    assert c.source == "proxy" and c.measurement is None and c.artifact is None
+    assert c.params < 0.5 * history.baseline.params and c.macs < history.baseline.macs
+    assert 0 <= c.accuracy <= 100 and c.good is not None and c.met_budget is False  # a proxy never meets
+    assert c.p50_ms == pytest.approx(history.baseline.p50_ms * c.macs / history.baseline.macs, rel=1e-6)
+    assert ev.counts["estimate"] == before["estimate"] + 1 and ev.counts["measure"] == before["measure"]
+    unpruned = ev.evaluate(Proposal({}, "estimate"), history.next_iteration)
+    assert abs(unpruned.accuracy - history.baseline.accuracy) < 5  # BN recalibration alone changes little
+    assert pickle.loads(pickle.dumps(c)) == c
+
+
+def test_a_measurement_fine_tunes_exports_and_measures_on_the_target(evaluator):
+    ev, history = evaluator
+    proposal = Proposal(spec_for_ratio(ev.ckpt.model, 0.5), "measure")
+    c = ev.evaluate(pickle.loads(pickle.dumps(proposal)), history.next_iteration)
+    history.append(c)
+    assert c.source == "device" and c.measurement["runtime"]["name"] == "onnxruntime"
+    assert c.baseline_p50_ms > 0 and c.ab["rounds"] == 4  # a ratio budget: benched beside the baseline
+    assert (ev.out / c.artifact).is_file() and ev.state_path(c.iteration).is_file()
+    assert c.extra["predicted_p50_ms"] > 0  # what the proxy said before the measurement
+    reloaded = ev.load_state(c.iteration)
+    assert sum(p.numel() for p in reloaded.parameters()) == c.params
