@@ -39,12 +39,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from device_agents import testing  # noqa: E402
+from tests.agent_kit import testing  # noqa: E402
 from edgeprune._io import sha256_file  # noqa: E402
 from edgeprune.targets import emulate, load_target  # noqa: E402
-from edgeprune.targets._cgroup import procs_files  # noqa: E402
-from edgeprune.targets._session import check_artifact, open_client  # noqa: E402
-from edgeprune.targets.profile import Target  # noqa: E402
+from edgeprune.targets.emulate.cgroup import procs_files  # noqa: E402
+from edgeprune.targets.session import check_artifact, open_client  # noqa: E402
+from edgeprune.targets.target import Target  # noqa: E402
 
 ROUNDS = 5
 MODELS = ("resnet20", "resnet32")

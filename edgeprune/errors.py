@@ -28,6 +28,10 @@ class TargetUnreachableError(EdgePruneError):
     exit_code = 3
 
 
+class TargetBusyError(TargetUnreachableError):
+    """Another process held the target's lock longer than the lock timeout (exit 3)."""
+
+
 class DoesNotFitError(EdgePruneError):
     """The model does not fit the device (out of memory or over its limits)."""
 

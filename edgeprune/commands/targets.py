@@ -1,4 +1,4 @@
-"""`edgeprune targets list|show NAME|check NAME [--json]`."""
+"""`edgeprune targets list|show NAME|check NAME|clean NAME [--json]`."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +7,9 @@ from edgeprune.commands._common import emit_json, log
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("targets", help="list, show or check hardware targets")
-    p.add_argument("action", choices=["list", "show", "check"])
-    p.add_argument("name", nargs="?", help="target name or profile YAML path (show, check)")
+    p = subparsers.add_parser("targets", help="list, show, check hardware targets or clean their model cache")
+    p.add_argument("action", choices=["list", "show", "check", "clean"])
+    p.add_argument("name", nargs="?", help="target name or profile YAML path (show, check, clean)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
 
@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
         data = target.to_dict()
         emit_json(data) if args.json else print("\n".join(f"{k}: {v}" for k, v in data.items() if v not in (None, {}, [])))
         return 0
+    if args.action == "clean":
+        return _clean(args, target)
     result = target.check()
     if args.json:
         emit_json(result)
@@ -49,4 +51,14 @@ def _list(args: argparse.Namespace, list_targets, load_target) -> int:
     else:
         for r in rows:
             print(f"{r['name']:<18} {r['transport']:<6} {r['runtime']:<12} {r['description']}")
+    return 0
+
+
+def _clean(args: argparse.Namespace, target) -> int:
+    """Empty the device's model cache (models measured before, or that did not fit)."""
+    result = {"target": target.name, **target.clean()}
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"{target.name}: removed {result['removed']} cached model(s), {result['freed_bytes'] / 1e6:.1f} MB freed")
     return 0

@@ -18,10 +18,14 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS measurements (
     model_sha256 TEXT, created REAL, data TEXT)"""
 
 
+def cache_dir() -> Path:
+    """$EDGEPRUNE_CACHE_DIR, else ~/.cache/edgeprune: the measurement cache and the target locks."""
+    return Path(os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune")
+
+
 def default_cache_path() -> Path:
-    """$EDGEPRUNE_CACHE_DIR/measurements.sqlite, else ~/.cache/edgeprune/measurements.sqlite."""
-    base = os.environ.get("EDGEPRUNE_CACHE_DIR") or Path.home() / ".cache" / "edgeprune"
-    return Path(base) / "measurements.sqlite"
+    """measurements.sqlite in cache_dir()."""
+    return cache_dir() / "measurements.sqlite"
 
 
 def cache_key(target: str, runtime_version: str, settings: dict[str, Any], model_sha256: str) -> str:

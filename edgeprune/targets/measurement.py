@@ -1,4 +1,5 @@
-"""Measurement: one latency/memory number set with its provenance, and the statistics behind it."""
+"""Measurement: one latency/memory number set with its provenance, and the statistics behind it;
+Comparison: two Measurements taken interleaved (A/B) and the ratio between them."""
 from __future__ import annotations
 
 import dataclasses
@@ -85,3 +86,32 @@ class Measurement:
         return (f"{self.target} [{self.source}] {self.runtime.get('name')} {self.runtime.get('version')} "
                 f"threads={self.threads}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, "
                 f"cv {lat['cv']:.3f}, runs {self.runs}, peak {mem}, load {self.load_ms or 0:.1f} ms{flags}")
+
+
+@dataclass
+class Comparison:
+    """A and B measured interleaved; `ratio` is the median over rounds of p50(B) / p50(A)."""
+
+    a: Measurement
+    b: Measurement
+    ratio: float
+    ratio_min: float
+    ratio_max: float
+    ratio_std: float
+    round_ratios: list[float] = field(default_factory=list)
+    rounds: int = 0
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster B is than A (p50)."""
+        return 1.0 / self.ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a.to_dict(), "b": self.b.to_dict(), "ratio": self.ratio,
+                "ratio_min": self.ratio_min, "ratio_max": self.ratio_max, "ratio_std": self.ratio_std,
+                "round_ratios": list(self.round_ratios), "rounds": self.rounds}
+
+    def summary(self) -> str:
+        return (f"{self.a.target}: B/A p50 ratio {self.ratio:.3f} (rounds {self.rounds}, "
+                f"range {self.ratio_min:.3f}-{self.ratio_max:.3f}, std {self.ratio_std:.3f}); "
+                f"A p50 {self.a.p50_ms:.3f} ms, B p50 {self.b.p50_ms:.3f} ms")

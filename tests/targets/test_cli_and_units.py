@@ -94,6 +94,20 @@ def test_cli_check_and_profile_json(artifacts, tmp_path):
     assert set(data["latency_ms"]) == {"p50", "p90", "p99", "mean", "std", "cv"}
 
 
+def test_cli_targets_clean_empties_the_device_cache(artifacts):
+    out = cli("profile", str(artifacts["onnx"]), "--target", "x86-ort", "--runs", "10", "--min-seconds", "0.2",
+              "--no-cache")
+    assert out.returncode == 0, out.stderr
+    first = cli("targets", "clean", "x86-ort", "--json")
+    assert first.returncode == 0, first.stderr
+    cleaned = json.loads(first.stdout)
+    assert cleaned["target"] == "x86-ort" and cleaned["removed"] >= 1 and cleaned["freed_bytes"] > 0
+    again = json.loads(cli("targets", "clean", "x86-ort", "--json").stdout)
+    assert again["removed"] == 0 and again["freed_bytes"] == 0  # nothing left to remove
+    missing = cli("targets", "clean")
+    assert missing.returncode == 2 and "needs a target NAME" in missing.stderr
+
+
 def test_cli_profile_exit_codes(artifacts, tmp_path):
     missing = cli("profile", str(tmp_path / "nope.onnx"), "--target", "x86-ort")
     assert missing.returncode == 2 and "not found" in missing.stderr
@@ -117,7 +131,7 @@ def test_cli_emulate_without_root_says_so_in_one_line():
 
 
 def test_cli_emulate_up_status_down():
-    from device_agents import testing
+    from tests.agent_kit import testing
     testing.require_emulation()
     up = cli("emulate", "up", "emu-jetson-nano")
     try:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from device_agents import testing
+from tests.agent_kit import testing
 from edgeprune.errors import BadInputError
-from edgeprune.targets import Comparison, compare
+from edgeprune.targets import Comparison, DeviceSession, compare
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,12 @@ def test_compare_needs_two_rounds(local_target, small_and_big):
 
 def test_without_paired_bench_the_device_gets_whole_benches_in_turn(local_target, small_and_big, monkeypatch):
     """A device that cannot pair (benchmark_model on Android) alternates whole benches instead."""
-    import importlib
-    compare_module = importlib.import_module("edgeprune.targets.compare")
-    real_prepare = compare_module.prepare
+    real_prepare = DeviceSession.prepare
 
-    def without_feature(*args, **kwargs):
-        return {**real_prepare(*args, **kwargs), "features": []}
+    def without_feature(self, runtimes):
+        return {**real_prepare(self, runtimes), "features": []}
 
-    monkeypatch.setattr(compare_module, "prepare", without_feature)
+    monkeypatch.setattr(DeviceSession, "prepare", without_feature)
     small, big = small_and_big
     result = compare(local_target, small, big, rounds=2, runs=10, min_seconds=0.1, warmup_seconds=0.05)
     assert result.ratio > 2.0 and "interleaved A/B: 2 benches pooled" in result.a.notes

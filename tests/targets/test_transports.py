@@ -93,11 +93,14 @@ def test_odd_file_names_are_quoted(any_target, artifacts, tmp_path):
 
 
 def test_session_reuses_one_agent(any_target, artifacts):
-    with any_target:
+    with any_target.session() as session:
         any_target.measure(artifacts["onnx"], use_cache=False)
-        pid = any_target._client().hello["pid"]
-        any_target.measure(artifacts["tflite"], use_cache=False)
-        assert any_target._client().hello["pid"] == pid
+        pid = session.client.hello["pid"]
+        with any_target, any_target.session() as inner:
+            assert inner is session  # nested blocks share the outer session
+            inner.measure(artifacts["tflite"], use_cache=False)
+        assert session.client.hello["pid"] == pid and session.client.channel is not None
+    assert session.client.channel is None  # closed with the outermost block
 
 
 def test_cache_hit_and_key(any_target, artifacts):

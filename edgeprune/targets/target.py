@@ -1,7 +1,12 @@
-"""Target: a device described by a hardware profile (YAML), and the one door to measure on it.
+"""Target: a device described by a hardware profile (YAML), validated on creation.
 
-Policies and searches ask a Target for a Measurement; only the Target talks to a transport.
-`with target:` (or `target.session()`) keeps one agent session open across several calls.
+A Target is data: where the device is (local, ssh or adb), how to measure on it (runs,
+warm-up, timeouts, lock timeout) and, when emulated, the limits of the emulation. Its
+measure, compare, infer and check are the one door policies use to the device; each
+delegates to a session opened by `open_session()`. The session code
+(edgeprune.targets.session, DeviceSession) imports this module and registers its class here
+with `register_session`, so imports run one way: from the session down to the data.
+`with target:` (or `target.session()`) keeps one session, one agent, open across calls.
 """
 from __future__ import annotations
 
@@ -10,23 +15,54 @@ import os
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 import yaml
 
+from edgeprune._resources import builtin_profiles_dir
 from edgeprune.errors import BadInputError, EdgePruneError
+from edgeprune.targets.measurement import Comparison, Measurement
 
 TRANSPORT_KINDS = ("local", "ssh", "adb")
 RUNTIMES = ("onnxruntime", "tflite")
-ARTIFACT_RUNTIME = {".onnx": "onnxruntime", ".tflite": "tflite"}
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "hardware_profiles"
+BUILTIN_DIR = builtin_profiles_dir()
 
 
 def user_profiles_dir() -> Path:
     """$EDGEPRUNE_TARGETS_DIR, else ~/.config/edgeprune/targets."""
     env = os.environ.get("EDGEPRUNE_TARGETS_DIR")
     return Path(env) if env else Path.home() / ".config" / "edgeprune" / "targets"
+
+
+class Session(Protocol):
+    """What a session on a target offers (DeviceSession in edgeprune.targets.session); settings
+    left None take the profile's protocol."""
+
+    def measure(self, artifact: str | os.PathLike, runs: Optional[int] = None, warmup: Optional[int] = None,
+                threads: Optional[int] = None, *, min_seconds: Optional[float] = None,
+                warmup_seconds: Optional[float] = None, use_cache: bool = True) -> Measurement: ...
+
+    def compare(self, artifact_a: str | os.PathLike, artifact_b: str | os.PathLike, rounds: int = 5,
+                **settings: Any) -> Comparison: ...
+
+    def infer(self, artifact: str | os.PathLike, batch_nchw: np.ndarray) -> np.ndarray: ...
+
+    def check(self) -> dict[str, Any]: ...
+
+    def clean(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+SessionFactory = Callable[["Target"], Session]
+_SESSION_FACTORIES: list[SessionFactory] = []  # filled by edgeprune.targets.session; the last one is used
+
+
+def register_session(factory: SessionFactory) -> SessionFactory:
+    """Make `factory(target)` open the sessions of every Target (a class decorator for DeviceSession)."""
+    _SESSION_FACTORIES.append(factory)
+    return factory
 
 
 @dataclass
@@ -81,13 +117,15 @@ class Target:
     bench_timeout: float = 300.0
     retries: int = 2
     backoff: float = 0.5
+    lock_timeout: float = 600.0  # seconds to wait while another process measures here ($EDGEPRUNE_LOCK_TIMEOUT)
     source_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.emulation, dict):
             self.emulation = _build(Emulation, self.emulation, f"{self.name}.emulation")
         self._validate()
-        self._session: Any = None
+        self._open: Optional[Session] = None  # the session of the current `with target.session()` block
+        self._entered: list[Any] = []  # the blocks opened by `with target:`
 
     def _validate(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -105,6 +143,8 @@ class Target:
                 raise BadInputError(f"{self.name}: {attr} must be at least 1")
         if int(self.warmup) < 1 or int(self.retries) < 0:
             raise BadInputError(f"{self.name}: warmup must be >= 1 and retries >= 0")
+        if not float(self.lock_timeout) >= 0:
+            raise BadInputError(f"{self.name}: lock_timeout must be >= 0 seconds")
 
     @property
     def emulated(self) -> bool:
@@ -120,65 +160,70 @@ class Target:
         out["emulation"] = vars(self.emulation) if self.emulation else None
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the profile only: an open session stays with the process that opened it."""
+        return {**self.__dict__, "_open": None, "_entered": []}
+
     # -------------------------------------------------------------- sessions
 
+    def open_session(self) -> Session:
+        """A new session on this target (it connects on first use); the caller closes it."""
+        if not _SESSION_FACTORIES:
+            raise EdgePruneError("internal: no session class registered (import edgeprune.targets)")
+        return _SESSION_FACTORIES[-1](self)
+
     @contextlib.contextmanager
-    def session(self) -> Iterator["Target"]:
-        """Keep one connection and agent open for the calls inside the block."""
-        if self._session is not None:
-            yield self
+    def session(self) -> Iterator[Session]:
+        """One connection and agent for the calls inside the block; nested blocks share it."""
+        if self._open is not None:
+            yield self._open
             return
-        from edgeprune.targets._session import open_client
-        self._session = open_client(self)
+        self._open = self.open_session()
         try:
-            yield self
+            yield self._open
         finally:
-            client, self._session = self._session, None
-            client.shutdown()
+            opened, self._open = self._open, None
+            opened.close()
 
     def __enter__(self) -> "Target":
-        self._cm = self.session()
-        return self._cm.__enter__()
+        block = self.session()
+        block.__enter__()
+        self._entered.append(block)
+        return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._cm.__exit__(*exc)
-
-    def _client(self) -> Any:
-        if self._session is None:
-            raise EdgePruneError("internal: no session")
-        return self._session
+        self._entered.pop().__exit__(*exc)
 
     # -------------------------------------------------------------- the API policies use
 
     def measure(self, artifact: str | os.PathLike, runs: Optional[int] = None, warmup: Optional[int] = None,
                 threads: Optional[int] = None, *, min_seconds: Optional[float] = None,
-                warmup_seconds: Optional[float] = None, use_cache: bool = True) -> "Measurement":
+                warmup_seconds: Optional[float] = None, use_cache: bool = True) -> Measurement:
         """Profile an .onnx/.tflite artifact on this target, following the measurement protocol."""
-        from edgeprune.targets._session import measure
-        with self.session():
-            return measure(self, self._client(), Path(artifact), runs=runs or self.runs,
-                           warmup=warmup or self.warmup, threads=threads or self.default_threads(),
-                           min_seconds=self.min_seconds if min_seconds is None else min_seconds,
-                           warmup_seconds=self.warmup_seconds if warmup_seconds is None else warmup_seconds,
-                           use_cache=use_cache)
+        with self.session() as s:
+            return s.measure(artifact, runs, warmup, threads, min_seconds=min_seconds,
+                             warmup_seconds=warmup_seconds, use_cache=use_cache)
 
     def compare(self, artifact_a: str | os.PathLike, artifact_b: str | os.PathLike, rounds: int = 5,
-                **settings: Any) -> "Comparison":
-        """Interleaved A/B comparison of two artifacts (see edgeprune.targets.compare)."""
-        from edgeprune.targets.compare import compare
-        return compare(self, artifact_a, artifact_b, rounds=rounds, **settings)
+                **settings: Any) -> Comparison:
+        """Interleaved A/B comparison of two artifacts (settings: runs, min_seconds, warmup_seconds, threads)."""
+        with self.session() as s:
+            return s.compare(artifact_a, artifact_b, rounds, **settings)
 
     def infer(self, artifact: str | os.PathLike, batch_nchw: np.ndarray) -> np.ndarray:
         """Run the artifact on the device on an NCHW batch; returns the first output."""
-        from edgeprune.targets._session import infer
-        with self.session():
-            return infer(self, self._client(), Path(artifact), np.asarray(batch_nchw))
+        with self.session() as s:
+            return s.infer(artifact, batch_nchw)
 
     def check(self) -> dict[str, Any]:
         """Reach the device, start the agent and report what it has; `ok` says if it can run our runtime."""
-        from edgeprune.targets._session import check
-        with self.session():
-            return check(self, self._client())
+        with self.session() as s:
+            return s.check()
+
+    def clean(self) -> dict[str, Any]:
+        """Empty the model cache on the device: {"removed": files, "freed_bytes": bytes}."""
+        with self.session() as s:
+            return s.clean()
 
     def default_threads(self) -> int:
         """Threads for a measurement: the emulation's when emulated, else the profile's."""
@@ -222,6 +267,7 @@ def target_from_file(path: str | os.PathLike) -> Target:
 
 
 def _profile_dirs() -> list[Path]:
+    """Where profiles are looked up by name, first match wins: the user's, then the shipped ones."""
     return [user_profiles_dir(), BUILTIN_DIR]
 
 
@@ -245,6 +291,3 @@ def list_targets() -> list[str]:
             names.update(p.stem for p in folder.glob("*.y*ml"))
     return sorted(names)
 
-
-from edgeprune.targets.compare import Comparison  # noqa: E402  (for the annotations above)
-from edgeprune.targets.measurement import Measurement  # noqa: E402
