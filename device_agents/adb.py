@@ -13,10 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from device_agents.client import AgentClient, AgentOptions
+from device_agents.client import AgentClient, AgentOptions, BenchCrashedError
 from device_agents.local import _ProcessChannel
-from device_agents.transport import AgentChannel, ConnectionLost, Transport, quote_command, with_retries
-from edgeprune._io import sha256_file
+from device_agents.transport import AgentChannel, ConnectionLost, Transport, quote_command, sha256_file, with_retries
 from edgeprune.errors import BadInputError, DoesNotFitError, TargetUnreachableError
 
 T = TypeVar("T")
@@ -170,13 +169,20 @@ class BenchmarkModelClient:
         argv = [self.transport.benchmark_model, f"--graph={remote}", f"--num_threads={threads}",
                 f"--warmup_runs={warmup}", f"--warmup_min_secs={warmup_seconds}", f"--num_runs={runs}",
                 f"--min_secs={min_seconds}"]
+        kills = self._oom_kills()
         rc, out, err = self.transport.run(argv, timeout)
         if rc != 0:
-            _raise_benchmark_failure(self.name, rc, out + err)
+            _raise_benchmark_failure(self.name, rc, out + err, kills, self._oom_kills())
         parsed = parse_benchmark_model(out + err)
         return {**parsed, "runtime": "tflite", "runtime_version": "benchmark_model", "times_s": [],
                 "warmup_runs": warmup,
                 "notes": ["benchmark_model reports avg/std/min/max only: p50 and p90 are its average"]}
+
+    def _oom_kills(self) -> Optional[int]:
+        """The kernel's OOM-kill count (/proc/vmstat), None where it is not readable."""
+        rc, text, _ = self.transport.run(["cat", "/proc/vmstat"], self.options.op_timeout)
+        match = re.search(r"^oom_kill (\d+)$", text, re.M) if rc == 0 else None
+        return int(match.group(1)) if match else None
 
     def infer(self, *args: Any) -> Any:
         raise TargetUnreachableError(f"{self.name}: infer needs python and a TFLite runtime on the device")
@@ -188,10 +194,16 @@ class BenchmarkModelClient:
         self.close()
 
 
-def _raise_benchmark_failure(name: str, rc: int, text: str) -> None:
+def _raise_benchmark_failure(name: str, rc: int, text: str, kills_before: Optional[int] = None,
+                             kills_after: Optional[int] = None) -> None:
+    """Out of memory only when the kernel counted an OOM kill (or the tool says so); any other
+    signal death is a target failure worth a retry; any other exit, a model the tool refused."""
     tail = text.strip().splitlines()[-1:] or [f"exit {rc}"]
-    if rc == 137 or "out of memory" in text.lower():
+    oom_killed = kills_before is not None and kills_after is not None and kills_after > kills_before
+    if oom_killed or "out of memory" in text.lower():
         raise DoesNotFitError(f"{name}: does not fit (out of memory): {tail[0][:200]}")
+    if rc > 128:
+        raise BenchCrashedError(f"{name}: benchmark_model was killed by signal {rc - 128}: {tail[0][:200]}")
     raise BadInputError(f"{name}: benchmark_model failed (exit {rc}): {tail[0][:200]}")
 
 

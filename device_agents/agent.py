@@ -6,43 +6,78 @@ Wire protocol (protocol version 1): JSON lines on stdin/stdout, one request per 
     request   {"id": 1, "op": "hello", "protocol": 1}
     reply     {"id": 1, "ok": true, ...fields...}
     error     {"id": 1, "ok": false, "error": {"type": "BadModel", "message": "..."}}
+    event     {"id": 1, "event": "waiting", "holder": {...}, "message": "..."}   (no "ok": not the reply)
+
+Every request line gets exactly one reply. A line longer than MAX_LINE_BYTES (1 MiB) is answered
+with BadRequest as soon as it crosses the limit and discarded up to its newline (payloads go as
+files, never through the stream); JSON nested deeper than MAX_DEPTH is refused before it is
+parsed; any exception becomes an error reply and the agent carries on.
 
 Operations:
     hello   protocol version, runtimes {name: version}, python, cpu, cores, memory_mb,
-            hostname, and where available throttled (Raspberry Pi vcgencmd) and nvpmodel
-            (Jetson). A request whose "protocol" differs from ours is a ProtocolMismatch.
-    put     {"sha256", "ext"[, "data_b64"]}: register a file in the content-addressed cache
-            (<cache>/<sha256><ext>). Large files are uploaded beforehand by SFTP or adb push;
-            put verifies the hash (a mismatch deletes the file) and reports "present".
+            hostname, cache {files, bytes, max_bytes}, agent {rss_mb, open_fds}, and where
+            available throttled (Raspberry Pi vcgencmd) and nvpmodel (Jetson). A request whose
+            "protocol" differs from ours is a ProtocolMismatch. "client": {"host", "pid", "user"}
+            names the client in the device lock's holder record.
+    put     {"sha256", "ext"[, "data_b64"][, "bytes"]}: register a file in the content-addressed
+            cache (<cache>/<sha256><ext>). Large files are uploaded beforehand by SFTP or adb push;
+            put verifies the hash (a mismatch deletes the file) and reports "present". "bytes"
+            (the size of a file about to be uploaded) lets the agent make room first. The cache
+            is capped (--cache-max-mb): the least recently used files are evicted.
     bench   {"sha256", "ext", "runtime", "threads", "warmup", "runs", "min_seconds",
-            "warmup_seconds", "timeout_s"}: runs in a FRESH child process so peak memory is
-            that model's alone; returns raw per-run times (seconds), load_ms, peak_memory_mb
-            (VmHWM after the runs minus VmRSS before loading the model) and memory_method.
-            The child is pre-started with numpy and the runtime already imported (one per
-            runtime, never reused: a new one is started after each bench), so a bench does not
-            pay for interpreter start-up and imports; `--prewarm RUNTIME` on the command line
-            starts the first one at once. With "against": {"sha256", "ext"} the child, after
-            the model's warm-up (and its peak memory reading), loads and warms the second
-            model too and alternates short blocks (~20 ms) of the two until each has its runs
-            and min_seconds: an interleaved A/B in one process, so both see the same moment of
-            the device. The second model's times come back as "against_times_s". hello lists
-            "paired_bench" in "features".
-    infer   {"sha256", "ext", "runtime", "threads", "inputs": [base64 .npy]} -> "outputs".
-            Inputs are NCHW; when the model wants NHWC they are transposed. Float inputs
-            to an int8 input are quantized, and int8 outputs dequantized, with the tensor's
+            "warmup_seconds", "timeout_s", "lock_timeout"}: runs in a FRESH child process so peak
+            memory is that model's alone; returns raw per-run times (seconds), load_ms,
+            peak_memory_mb (VmHWM after the runs minus VmRSS before loading the model),
+            memory_method, and started_at/ended_at (device clock). The child is pre-started with
+            numpy and the runtime already imported (one per runtime, never reused: a new one is
+            started after each bench), so a bench does not pay for interpreter start-up and
+            imports; `--prewarm RUNTIME` on the command line starts the first one at once.
+            With "against": {"sha256", "ext"} the child, after the model's warm-up (and its peak
+            memory reading), loads and warms the second model too and alternates short blocks
+            (~20 ms) of the two until each has its runs and min_seconds: an interleaved A/B in one
+            process, so both see the same moment of the device. The second model's times come
+            back as "against_times_s". hello lists "paired_bench" in "features".
+    infer   {"sha256", "ext", "runtime", "threads", "inputs": [base64 .npy], "lock_timeout"}
+            -> "outputs". Inputs are NCHW; when the model wants NHWC they are transposed. Float
+            inputs to an int8 input are quantized, and int8 outputs dequantized, with the tensor's
             scale and zero point, so the caller sends and gets floats whatever the precision.
+    clean   {"lock_timeout"}: empty the device cache -> "removed", "freed_bytes".
     bye     ends the agent.
 
+The device lock: bench, infer, clean and cache eviction hold an flock on <cache>/.device.lock,
+so one measurement runs at a time per device even when several hosts drive it; the file names
+the holder (JSON: agent pid, client host/pid/user, op, since). A request that finds it held
+sends a "waiting" event naming the holder, waits up to "lock_timeout" seconds (default 600)
+and then answers Busy. Pre-started children import their runtime only while this agent holds
+the lock, so no import overlaps another agent's measurement.
+
+Failure classes: OutOfMemory only when the kernel says so (the memory cgroup's oom_kill count,
+or /proc/vmstat's, rose; on kernels without those counters the cgroup's failcnt, or a peak near
+the memory limit) or when the runtime's allocation failed; a model that did not fit is removed
+from the cache. Any other death of the bench process is BenchCrashed (the client retries it);
+BadModel is only a model the runtime refused to load; a failure while running is RunFailed.
+
+Cancellation: while it waits for the lock or a bench, the agent watches its stdin; EOF (the
+client left: Ctrl-C, closed channel, lost connection) kills the bench process and ends the
+agent at once, and a "bye" arriving meanwhile cancels the bench (Cancelled).
+
 Error types: ProtocolMismatch, BadRequest, NotFound, ChecksumMismatch, NoRuntime, BadModel,
-BadInput, OutOfMemory, Timeout, Internal. The agent exits on stdin EOF, when its parent
-goes away, or after --idle-timeout seconds without a request.
+BadInput, OutOfMemory, Timeout, Busy, BenchCrashed, RunFailed, Cancelled, Internal. The agent
+exits on stdin EOF, when its parent goes away, on SIGTERM/SIGHUP (ending its children first),
+or after --idle-timeout seconds without a request.
 """
 import base64
+import binascii
+import collections
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -62,6 +97,19 @@ BLOCK_S = 0.02  # paired bench: how long each model runs before the other takes 
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 TFLITE_DISTS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                 "tensorflow": "tensorflow"}
+MAX_LINE_BYTES = 1 << 20
+MAX_DEPTH = 32
+LOCK_FILE = ".device.lock"
+LOCK_POLL_S = 0.05
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+DEFAULT_CACHE_MAX_MB = 2048.0
+STALE_UPLOAD_S = 3600.0  # a partial upload older than this is left over from an interrupted one
+STDERR_KEEP = 1 << 16  # the tail of a bench process's stderr kept for error messages
+OOM_PEAK_SHARE = 0.9  # without kernel OOM counters: a SIGKILL this close to the limit is an OOM
+CACHE_NAME = re.compile(r"^[0-9a-f]{64}\.(onnx|tflite|bin|npy)$")
+ERROR_TYPES = ("ProtocolMismatch", "BadRequest", "NotFound", "ChecksumMismatch", "NoRuntime", "BadModel",
+               "BadInput", "OutOfMemory", "Timeout", "Busy", "BenchCrashed", "RunFailed", "Cancelled",
+               "Internal")
 
 
 class AgentError(Exception):
@@ -70,6 +118,10 @@ class AgentError(Exception):
     def __init__(self, kind, message):
         Exception.__init__(self, message)
         self.kind = kind
+
+
+class ClientGone(Exception):
+    """The client closed our stdin: stop what we are doing and exit."""
 
 
 # ---------------------------------------------------------------- device facts
@@ -188,18 +240,72 @@ def cgroup_memory_limit_mb():
     return None
 
 
-def oom_kill_count():
-    """Number of OOM kills recorded by this process's memory cgroup (None if unknown)."""
-    base = _memory_cgroup_dir()
-    if base is None:
-        return None
-    for name in ("memory.events", "memory.oom_control"):
-        text = _read(os.path.join(base, name))
-        for line in (text or "").splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
+def _counter(text, key):
+    """The integer after `key` in a 'key value' per line file (None when absent)."""
+    for line in (text or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
     return None
+
+
+def memory_events():
+    """What the kernel recorded about memory so far: the memory cgroup's OOM kills and failcnt,
+    /proc/vmstat's OOM kills (None where this kernel does not count them) and the limit."""
+    events = {"cgroup_oom_kill": None, "cgroup_failcnt": None, "cgroup_root": True,
+              "vm_oom_kill": _counter(_read("/proc/vmstat"), "oom_kill"),
+              "limit_mb": cgroup_memory_limit_mb()}
+    base = _memory_cgroup_dir()
+    if base is not None:
+        events["cgroup_root"] = base.rstrip("/") in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup")
+        for name in ("memory.events", "memory.oom_control"):
+            count = _counter(_read(os.path.join(base, name)), "oom_kill")
+            if count is not None:
+                events["cgroup_oom_kill"] = count
+                break
+        failcnt = _read(os.path.join(base, "memory.failcnt"))
+        if failcnt and failcnt.isdigit():
+            events["cgroup_failcnt"] = int(failcnt)
+    if events["limit_mb"] is None:
+        events["limit_mb"] = _memory_mb()
+    return events
+
+
+def _grew(before, after, key):
+    """after[key] - before[key], or None when either is unknown."""
+    if before.get(key) is None or after.get(key) is None:
+        return None
+    return after[key] - before[key]
+
+
+def killed_for_memory(before, after, peak_mb):
+    """Whether a SIGKILLed bench process was killed by the kernel for memory.
+
+    The memory cgroup's oom_kill count is the kernel's own word (it counts global OOM kills of
+    the cgroup's processes too); /proc/vmstat's when the agent sits in the root cgroup. Kernels
+    before 4.13 count neither: then the cgroup's failcnt rising, or a peak near the limit."""
+    cgroup = _grew(before, after, "cgroup_oom_kill")
+    if cgroup is not None and not before.get("cgroup_root"):
+        return cgroup > 0
+    vm = _grew(before, after, "vm_oom_kill")
+    if vm is not None:
+        return vm > 0
+    if cgroup is not None:
+        return cgroup > 0
+    if (_grew(before, after, "cgroup_failcnt") or 0) > 0:
+        return True
+    limit = before.get("limit_mb")
+    return bool(limit and peak_mb and peak_mb >= OOM_PEAK_SHARE * limit)
+
+
+def agent_usage():
+    """This agent's resident memory (MB) and open file descriptors, for soak checks."""
+    rss = _status_kb("VmRSS")
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = None
+    return {"rss_mb": rss / 1024.0 if rss is not None else None, "open_fds": fds}
 
 
 def _run_quiet(argv, timeout=5.0):
@@ -233,34 +339,298 @@ def nvpmodel_mode():
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def op_hello(state, req):
-    """Identify the device and its runtimes."""
-    runtimes = runtimes_of(state)
-    for name in req.get("prewarm") or []:
-        prewarm(state, name)
-    reply = {
-        "protocol": PROTOCOL_VERSION,
-        "runtimes": dict((k, v["version"]) for k, v in runtimes.items()),
-        "python": platform.python_version(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_mb": _memory_mb(),
-        "hostname": socket.gethostname(),
-        "machine": platform.machine(),
-        "cache_dir": state["cache"],
-        "pid": os.getpid(),
-        "features": ["paired_bench"],
-    }
-    throttled = throttled_state()
-    if throttled is not None:
-        reply["throttled"] = throttled
-    mode = nvpmodel_mode()
-    if mode is not None:
-        reply["nvpmodel"] = mode
-    return reply
+# ---------------------------------------------------------------- requests: size, depth, fields
+
+TOO_LONG = object()  # stands in the line queue for a line that went over MAX_LINE_BYTES
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STRINGS = re.compile(b'"[^"]*"')
 
 
-# ---------------------------------------------------------------- content-addressed cache
+class LineReader(object):
+    """Lines from a file descriptor, each at most max_bytes. A longer line is queued as
+    TOO_LONG as soon as it crosses the limit, and the rest of it is dropped up to its newline,
+    so a huge line without a newline costs neither memory nor time."""
+
+    def __init__(self, fd, max_bytes):
+        self.fd, self.max_bytes = fd, max_bytes
+        self.buf = bytearray()
+        self.skipping = False
+        self.eof = False
+        self.lines = collections.deque()
+
+    def feed(self, chunk):
+        """Split a chunk into lines; an empty chunk is EOF."""
+        if not chunk:
+            self.eof = True
+            return
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            piece = chunk[start:] if newline < 0 else chunk[start:newline]
+            if not self.skipping:
+                if len(self.buf) + len(piece) > self.max_bytes:
+                    self.lines.append(TOO_LONG)
+                    self.buf = bytearray()
+                    self.skipping = True
+                else:
+                    self.buf += piece
+            if newline < 0:
+                return
+            if not self.skipping and self.buf.strip():
+                self.lines.append(bytes(self.buf))
+            self.buf = bytearray()
+            self.skipping = False
+            start = newline + 1
+
+
+def _too_deep(line, limit):
+    """True when the JSON text nests arrays and objects deeper than `limit` (strings skipped).
+    Costs nothing for ordinary requests: only a line with more than `limit` brackets is scanned."""
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+    text = _STRINGS.sub(b"", line.replace(b"\\\\", b"").replace(b'\\"', b""))
+    depth = 0
+    for ch in text.translate(None, _NOT_BRACKETS):
+        if ch in (91, 123):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _depth(obj):
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _reject_constant(name):
+    raise ValueError("%s is not a number this protocol accepts" % name)
+
+
+def parse_request(line):
+    """The request dict of one line; BadRequest for anything else (never another exception)."""
+    if _too_deep(line, MAX_DEPTH):
+        raise AgentError("BadRequest", "request nests deeper than %d levels" % MAX_DEPTH)
+    try:
+        req = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise AgentError("BadRequest", "not JSON: %s" % str(exc)[:200])
+    if _depth(req) > MAX_DEPTH:
+        raise AgentError("BadRequest", "request nests deeper than %d levels" % MAX_DEPTH)
+    if not isinstance(req, dict):
+        raise AgentError("BadRequest", "a request is a JSON object with an op")
+    return req
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def number(req, name, default, low, high, integer=False):
+    """A numeric field in [low, high]; BadRequest when it is missing-with-no-default or wrong."""
+    value = req.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AgentError("BadRequest", "%s must be a number, got %s" % (name, _short(value)))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AgentError("BadRequest", "%s must be finite, got %s" % (name, value))
+    if integer and value != int(value):
+        raise AgentError("BadRequest", "%s must be an integer, got %s" % (name, _short(value)))
+    if not low <= value <= high:
+        raise AgentError("BadRequest", "%s must be in [%s, %s], got %s" % (name, low, high, _short(value)))
+    return int(value) if integer else float(value)
+
+
+def text_field(req, name, default=None, choices=None):
+    """A string field (or None when absent and no default), optionally one of `choices`."""
+    value = req.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or (choices is not None and value not in choices):
+        want = "one of %s" % ", ".join(choices) if choices else "a string"
+        raise AgentError("BadRequest", "%s must be %s, got %s" % (name, want, _short(value)))
+    return value
+
+
+def lock_timeout(req):
+    return number(req, "lock_timeout", DEFAULT_LOCK_TIMEOUT_S, 0.0, 7 * 86400.0)
+
+
+# ---------------------------------------------------------------- waiting while watching the client
+
+def poll(state, fds, timeout):
+    """Wait up to `timeout` for the client's stdin or `fds`; stdin data is queued as lines.
+    Returns the readable fds among `fds`."""
+    reader = state["reader"]
+    watch = list(fds) + ([] if reader.eof else [reader.fd])
+    if not watch:
+        time.sleep(max(0.0, timeout))
+        return []
+    ready, _, _ = select.select(watch, [], [], max(0.0, timeout))
+    if reader.fd in ready:
+        reader.feed(os.read(reader.fd, 1 << 16))
+    return [fd for fd in ready if fd != reader.fd]
+
+
+def _is_bye(line):
+    if line is TOO_LONG or b"bye" not in line:
+        return False
+    try:
+        return parse_request(line).get("op") == "bye"
+    except AgentError:
+        return False
+
+
+def check_client(state):
+    """ClientGone when the client closed our stdin; Cancelled when it said bye meanwhile."""
+    reader = state["reader"]
+    if reader.eof:
+        raise ClientGone()
+    if any(_is_bye(line) for line in reader.lines):
+        raise AgentError("Cancelled", "the client said bye; the operation was cancelled")
+
+
+def send(obj):
+    """Write one JSON line to the client."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- the device lock
+
+class DeviceLock(object):
+    """flock on <cache>/.device.lock: one bench, infer or cache change at a time per device,
+    whoever drives it. While held, the file holds JSON naming the holder for those who wait."""
+
+    def __init__(self, cache):
+        self.path = os.path.join(cache, LOCK_FILE)
+        self.fd = None
+
+    @property
+    def held(self):
+        return self.fd is not None
+
+    def try_acquire(self, info):
+        """Take the lock if it is free (True), recording `info` as the holder."""
+        if self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    return False
+                raise
+            self.fd = fd
+        data = json.dumps(info).encode()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, data)
+        return True
+
+    def holder(self):
+        """The holder record written by whoever holds the lock ({} when unreadable)."""
+        try:
+            with open(self.path) as fh:
+                value = json.loads(fh.read() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def release(self):
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            finally:
+                os.close(self.fd)  # closing the descriptor releases the flock
+                self.fd = None
+
+
+def holder_info(state, op, model=None):
+    """Who we are, for the lock file: agent pid, client host/pid/user, op and since when."""
+    client = state.get("client") or {}
+    info = {"agent_pid": os.getpid(), "host": client.get("host"), "client_pid": client.get("pid"),
+            "user": client.get("user"), "op": op, "since": time.time()}
+    ssh = os.environ.get("SSH_CLIENT", "").split()
+    if ssh:
+        info["from"] = ssh[0]
+    if model:
+        info["model"] = model
+    return info
+
+
+def describe_holder(holder):
+    """'agent pid 12 for pid 34 on host H (from 10.0.0.2), bench of abc..., since 12:00:01 (5 s ago)'."""
+    if not holder:
+        return "another agent (holder unknown)"
+    who = "agent pid %s" % holder.get("agent_pid", "?")
+    if holder.get("client_pid") or holder.get("host"):
+        who += " for pid %s on host %s" % (holder.get("client_pid", "?"), holder.get("host") or "?")
+    if holder.get("user"):
+        who += " (user %s)" % holder["user"]
+    if holder.get("from"):
+        who += " from %s" % holder["from"]
+    what = holder.get("op") or "work"
+    if holder.get("model"):
+        what += " of %s" % str(holder["model"])[:12]
+    since = holder.get("since")
+    when = ""
+    if isinstance(since, (int, float)):
+        when = ", since %s (%.0f s ago)" % (time.strftime("%H:%M:%S", time.localtime(since)), time.time() - since)
+    return "%s, %s%s" % (who, what, when)
+
+
+def acquire_device(state, rid, op, timeout, model=None):
+    """Hold the device lock for `op`, waiting up to `timeout` s (the client is told whom it waits
+    for); Busy when it stays held. Returns the seconds waited."""
+    lock = state["lock"]
+    info = holder_info(state, op, model)
+    if lock.try_acquire(info):
+        return 0.0
+    start = time.time()
+    holder = lock.holder()
+    send({"id": rid, "event": "waiting", "holder": holder,
+          "message": "waiting for the device, held by %s" % describe_holder(holder)})
+    while True:
+        remaining = start + timeout - time.time()
+        if remaining <= 0:
+            raise AgentError("Busy", "the device is busy: held by %s; gave up after waiting %.0f s"
+                             % (describe_holder(lock.holder() or holder), timeout))
+        poll(state, [], min(LOCK_POLL_S, remaining))
+        check_client(state)
+        info["since"] = time.time()
+        if lock.try_acquire(info):
+            return time.time() - start
+
+
+def settle(state):
+    """Release the device lock once nothing of ours runs: no request, no child still importing."""
+    lock = state["lock"]
+    if not lock.held:
+        return
+    for runtime, proc in list(state["warm"].items()):
+        if not getattr(proc, "ready", False):
+            if proc.poll() is not None or time.time() - proc.spawned > READY_TIMEOUT_S:
+                discard(state["warm"].pop(runtime))
+                continue
+            return
+    lock.release()
+
+
+# ---------------------------------------------------------------- content-addressed cache (LRU)
 
 def _sha256(path):
     digest = hashlib.sha256()
@@ -272,13 +642,13 @@ def _sha256(path):
 
 def _check_sha(value):
     if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise AgentError("BadRequest", "sha256 must be 64 lowercase hex digits, got %r" % (value,))
+        raise AgentError("BadRequest", "sha256 must be 64 lowercase hex digits, got %s" % _short(value))
     return value
 
 
 def _check_ext(value):
     if value not in (".onnx", ".tflite", ".bin", ".npy"):
-        raise AgentError("BadRequest", "ext must be .onnx, .tflite, .bin or .npy, got %r" % (value,))
+        raise AgentError("BadRequest", "ext must be .onnx, .tflite, .bin or .npy, got %s" % _short(value))
     return value
 
 
@@ -287,23 +657,102 @@ def cache_path(state, req):
     return os.path.join(state["cache"], _check_sha(req.get("sha256")) + _check_ext(req.get("ext", ".bin")))
 
 
+def touch(path):
+    """Mark a cached file as just used (its mtime orders the least-recently-used eviction)."""
+    try:
+        os.utime(path, None)
+    except OSError:
+        pass
+
+
+def cache_entries(cache):
+    """[(last use, bytes, path)] of the cached files, least recently used first."""
+    found = []
+    for name in os.listdir(cache):
+        if CACHE_NAME.match(name):
+            path = os.path.join(cache, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found.append((st.st_mtime, st.st_size, path))
+    return sorted(found)
+
+
+def cache_usage(state):
+    entries = cache_entries(state["cache"])
+    return {"files": len(entries), "bytes": sum(e[1] for e in entries), "max_bytes": state["cache_max_bytes"]}
+
+
+def _remove_stale_uploads(cache):
+    now = time.time()
+    for name in os.listdir(cache):
+        if name.endswith(".part") or name.startswith(".put-"):
+            path = os.path.join(cache, name)
+            try:
+                if now - os.stat(path).st_mtime > STALE_UPLOAD_S:
+                    os.remove(path)
+            except OSError:
+                pass
+
+
+def evict(state, keep=(), room=0):
+    """Remove least recently used files until the cache plus `room` bytes fits the cap; only
+    under the device lock (taken here if free: eviction is skipped while another agent works)."""
+    if not state["lock"].try_acquire(holder_info(state, "evict")):
+        return []
+    entries = cache_entries(state["cache"])
+    total = sum(e[1] for e in entries) + room
+    removed = []
+    for _, size, path in entries:
+        if total <= state["cache_max_bytes"]:
+            break
+        if path in keep:
+            continue
+        try:
+            os.remove(path)
+        except OSError:
+            continue
+        total -= size
+        removed.append(os.path.basename(path))
+    _remove_stale_uploads(state["cache"])
+    return removed
+
+
+def forget(state, path):
+    """Drop a model from the cache (it did not fit: keeping it only fills the device)."""
+    state["runners"] = dict((k, v) for k, v in state["runners"].items() if k[0] != path)
+    try:
+        os.remove(path)
+        return True
+    except OSError:
+        return False
+
+
 def op_put(state, req):
     """Register (and verify) a file in the cache; small files may come inline as base64."""
     path = cache_path(state, req)
     if req.get("data_b64") is not None:
-        data = base64.b64decode(req["data_b64"])
+        if not isinstance(req["data_b64"], str):
+            raise AgentError("BadRequest", "data_b64 must be a base64 string")
+        try:
+            data = base64.b64decode(req["data_b64"].encode("ascii"), validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise AgentError("BadRequest", "data_b64 is not base64: %s" % exc)
         fd, tmp = tempfile.mkstemp(dir=state["cache"], prefix=".put-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     if not os.path.exists(path):
-        return {"present": False, "path": path}
+        room = number(req, "bytes", 0, 0, float(1 << 50), integer=True)
+        return {"present": False, "path": path, "evicted": evict(state, room=room) if room else []}
     actual = _sha256(path)
     if actual != req["sha256"]:
         os.remove(path)
         raise AgentError("ChecksumMismatch", "cached file %s has sha256 %s, expected %s; removed it"
                          % (path, actual, req["sha256"]))
-    return {"present": True, "path": path, "bytes": os.path.getsize(path)}
+    touch(path)
+    return {"present": True, "path": path, "bytes": os.path.getsize(path), "evicted": evict(state, keep=(path,))}
 
 
 def require_cached(state, req):
@@ -312,6 +761,25 @@ def require_cached(state, req):
     if not os.path.exists(path):
         raise AgentError("NotFound", "model %s is not in the device cache; put it first" % req["sha256"][:12])
     return path
+
+
+def op_clean(state, req):
+    """Empty the device cache (under the device lock: never under someone's measurement)."""
+    acquire_device(state, req.get("id"), "clean", lock_timeout(req))
+    state["runners"] = {}
+    removed, freed = 0, 0
+    for name in os.listdir(state["cache"]):
+        path = os.path.join(state["cache"], name)
+        if name == LOCK_FILE or (os.path.isdir(path) and not os.path.islink(path)):
+            continue
+        try:
+            size = os.path.getsize(path)
+            os.remove(path)
+        except OSError:
+            continue
+        removed += 1
+        freed += size
+    return {"removed": removed, "freed_bytes": freed}
 
 
 # ---------------------------------------------------------------- runtimes
@@ -423,10 +891,22 @@ class TfliteRunner(object):
         return result
 
 
+def _allocation_failed(exc, text):
+    return isinstance(exc, MemoryError) or "bad_alloc" in text or "Failed to allocate" in text
+
+
+def _run_error(exc):
+    """A failure while running a loaded model: OutOfMemory when an allocation failed, else RunFailed."""
+    text = "%s: %s" % (type(exc).__name__, str(exc).strip())
+    if _allocation_failed(exc, text):
+        return AgentError("OutOfMemory", "out of memory while running the model: %s" % text[:300])
+    return AgentError("RunFailed", "the runtime failed running the model: %s" % text[:300])
+
+
 def _load_error(exc, path):
     """Map a runtime's load failure to OutOfMemory or BadModel."""
     text = "%s: %s" % (type(exc).__name__, exc)
-    if isinstance(exc, MemoryError) or "bad_alloc" in text or "Failed to allocate" in text:
+    if _allocation_failed(exc, text):
         return AgentError("OutOfMemory", "out of memory while loading %s: %s" % (os.path.basename(path), text[:300]))
     return AgentError("BadModel", "cannot load %s: %s" % (os.path.basename(path), text.splitlines()[0][:300] if text else ""))
 
@@ -611,35 +1091,50 @@ def bench_child(spec):
     return result
 
 
+def _name_process(name):
+    """Show what a bench process is doing in ps/top (its comm: at most 15 characters)."""
+    try:
+        with open("/proc/self/comm", "w") as fh:
+            fh.write(name[:15])
+    except OSError:
+        pass
+
+
 def child_main(module):
     """Entry of the fresh bench process: imports first, then one JSON spec on stdin, one reply on stdout."""
-    _watch_parent(os.getppid())
+    _watch_parent(os.getppid(), lambda: None)
     try:
         _preimport(module)
     except Exception:
         pass  # the runner's own import reports it as the bench's error
+    _name_process("edgeprune-ready")
     sys.stdout.write(READY_LINE)  # the agent waits for this, so no import overlaps a measurement
     sys.stdout.flush()
     line = sys.stdin.readline()
     if not line.strip():
         return 0  # a pre-started child that was never used
+    _name_process("edgeprune-bench")
     spec = json.loads(line)
     try:
         reply = {"ok": True, "result": bench_child(spec)}
-    except AgentError as exc:
+    except AgentError as exc:  # from loading: BadModel, OutOfMemory, NoRuntime
         reply = {"ok": False, "error": {"type": exc.kind, "message": str(exc)}}
     except MemoryError:
         reply = {"ok": False, "error": {"type": "OutOfMemory", "message": "out of memory while benchmarking"}}
-    except Exception as exc:
-        reply = {"ok": False, "error": {"type": "BadModel", "message": "%s: %s" % (type(exc).__name__, exc)}}
+    except Exception as exc:  # the model loaded: a failure now is the runtime's, not the model file's
+        err = _run_error(exc)
+        reply = {"ok": False, "error": {"type": err.kind, "message": str(err)}}
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
     os._exit(0)  # skip the runtime's interpreter teardown: it can take longer than the bench
 
 
+# ---------------------------------------------------------------- bench (the agent's side)
+
 def _bench_spec(state, req):
     path = require_cached(state, req)
-    runtime = req.get("runtime") or ("tflite" if path.endswith(".tflite") else "onnxruntime")
+    runtime = text_field(req, "runtime", None, ("onnxruntime", "tflite")) or (
+        "tflite" if path.endswith(".tflite") else "onnxruntime")
     runtimes = runtimes_of(state)
     if runtime not in runtimes:
         open_runner(path, runtime, 1, runtimes)  # raises NoRuntime with the list of runtimes found
@@ -649,54 +1144,66 @@ def _bench_spec(state, req):
             raise AgentError("BadRequest", "against must be {\"sha256\", \"ext\"}")
         against = require_cached(state, against)
     return {"path": path, "against_path": against, "runtime": runtime, "module": runtimes[runtime]["module"],
-            "threads": int(req.get("threads", 1)),
-            "warmup": int(req.get("warmup", 1)), "warmup_seconds": float(req.get("warmup_seconds", 0.5)),
-            "runs": int(req.get("runs", 50)), "min_seconds": float(req.get("min_seconds", 1.0)),
-            "max_seconds": float(req.get("max_seconds", 120.0))}
-
-
-def _oom_error(before_kills):
-    limit = cgroup_memory_limit_mb()
-    after = oom_kill_count()
-    if (before_kills is not None and after is not None and after > before_kills) or limit is not None:
-        where = " (memory limit %.0f MB)" % limit if limit else ""
-        return AgentError("OutOfMemory", "the model does not fit: killed for out of memory%s" % where)
-    return AgentError("Internal", "the bench process was killed (SIGKILL)")
+            "threads": number(req, "threads", 1, 1, 1024, integer=True),
+            "warmup": number(req, "warmup", 1, 0, 10 ** 7, integer=True),
+            "warmup_seconds": number(req, "warmup_seconds", 0.5, 0.0, 86400.0),
+            "runs": number(req, "runs", 50, 1, 10 ** 7, integer=True),
+            "min_seconds": number(req, "min_seconds", 1.0, 0.0, 86400.0),
+            "max_seconds": number(req, "max_seconds", 120.0, 0.001, 7 * 86400.0)}
 
 
 def _spawn_child(module):
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bench-child", module or ""],
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bench-child", module or ""],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.spawned = time.time()
+    proc.seen = b""
+    return proc
 
 
 def prewarm(state, runtime):
-    """Start a bench child for `runtime` that imports numpy and the runtime, then waits for its spec."""
-    found = runtimes_of(state).get(runtime)
+    """Start a bench child for `runtime` that imports numpy and the runtime, then waits for its spec.
+    Only under the device lock: its imports must not overlap another agent's measurement."""
+    found = runtimes_of(state).get(runtime) if isinstance(runtime, str) else None
     proc = state["warm"].get(runtime)
     if found is None or (proc is not None and proc.poll() is None):
         return
+    if not state["lock"].try_acquire(holder_info(state, "prewarm")):
+        return  # the bench will start its child under the lock instead
     state["warm"][runtime] = _spawn_child(found["module"])
 
 
 def _wait_ready(proc, timeout):
-    """Read the child's ready line; False when it died or was too slow."""
+    """Read the child's ready line; False when it died, or is not ready within `timeout`."""
     if getattr(proc, "ready", False):
         return True
-    fd, seen, deadline = proc.stdout.fileno(), b"", time.time() + timeout
-    while b"\n" not in seen:
+    fd, deadline = proc.stdout.fileno(), time.time() + timeout
+    while b"\n" not in proc.seen:
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
-        chunk = os.read(fd, 256) if ready else b""
+        if not ready:
+            return False
+        chunk = os.read(fd, 256)
         if not chunk:
             return False
-        seen += chunk
+        proc.seen += chunk
     proc.ready = True
     return True
 
 
-def _discard(proc):
+def _close_pipes(proc):
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            if pipe is not None:
+                pipe.close()
+        except OSError:
+            pass
+
+
+def discard(proc):
+    """Kill a child (if alive), reap it and close its pipes."""
     if proc.poll() is None:
         proc.kill()
-    proc.communicate()
+    proc.wait()
+    _close_pipes(proc)
 
 
 def _take_child(state, spec):
@@ -704,73 +1211,173 @@ def _take_child(state, spec):
     finish their imports first, so none of them competes with the measurement for the CPU."""
     for runtime, proc in list(state["warm"].items()):
         if not _wait_ready(proc, READY_TIMEOUT_S):
-            _discard(state["warm"].pop(runtime))
+            discard(state["warm"].pop(runtime))
     proc = state["warm"].pop(spec["runtime"], None) or _spawn_child(spec["module"])
     if not _wait_ready(proc, READY_TIMEOUT_S):
-        _discard(proc)
-        raise AgentError("Internal", "the bench process did not start")
+        discard(proc)
+        raise AgentError("BenchCrashed", "the bench process did not start")
     return proc
 
 
 def stop_children(state):
     """End the pre-started children (they also exit on stdin EOF or when the agent dies)."""
-    for proc in state["warm"].values():
-        _discard(proc)
+    for proc in list(state["warm"].values()):
+        discard(proc)
     state["warm"] = {}
 
 
-def op_bench(state, req):
-    """Benchmark a cached model in a fresh child process; throttling read before and after."""
-    spec = _bench_spec(state, req)
-    timeout = float(req.get("timeout_s", 300.0))
-    throttle_before = throttled_state()
-    kills = oom_kill_count()
-    t0 = time.perf_counter()
-    proc = _take_child(state, spec)
-    t1 = time.perf_counter()
+def _proc_peak_mb(pid):
+    """Peak resident memory of a process so far (VmHWM, MB), 0.0 once it is gone."""
+    text = _read("/proc/%d/status" % pid) or ""
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _run_child(state, proc, spec, timeout):
+    """Give the child its spec and collect its output until it exits, watching the client:
+    ClientGone or Cancelled kill the child at once. Returns (stdout, stderr tail, exit, peak MB)."""
+    state["child"] = proc
+    out, err, peak = bytearray(), bytearray(), 0.0
     try:
-        out, err = proc.communicate(json.dumps(spec).encode() + b"\n", timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise AgentError("Timeout", "bench did not finish within %.0f s" % timeout)
+        try:
+            proc.stdin.write(json.dumps(spec).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:
+            pass  # it died already: its exit status says how
+        pipes = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+        deadline = time.time() + timeout
+        while pipes:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise AgentError("Timeout", "bench did not finish within %.0f s" % timeout)
+            for fd in poll(state, list(pipes), min(0.2, remaining)):
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    del pipes[fd]
+                    continue
+                pipes[fd] += chunk
+                if len(err) > STDERR_KEEP:
+                    del err[:len(err) - STDERR_KEEP]
+            peak = max(peak, _proc_peak_mb(proc.pid))
+            check_client(state)
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            raise AgentError("Timeout", "the bench process closed its output but did not exit within %.0f s" % timeout)
+    except BaseException:
+        discard(proc)
+        raise
     finally:
-        prewarm(state, spec["runtime"])  # the next bench of this runtime finds its child ready
-    if proc.returncode == -signal.SIGKILL:
-        raise _oom_error(kills)
-    reply = _child_reply(out, err, proc.returncode)
-    result = reply["result"]
-    result["throttled_before"] = throttle_before
-    result["throttled_after"] = throttled_state()
-    result["runtime"] = spec["runtime"]
-    result["runtime_version"] = runtimes_of(state)[spec["runtime"]]["version"]
-    result["agent_s"] = {"wait_for_child": t1 - t0, "child": time.perf_counter() - t1}
-    return result
+        state["child"] = None
+        _close_pipes(proc)
+    return bytes(out), bytes(err), proc.returncode, peak
 
 
-def _child_reply(out, err, returncode):
-    """Parse the child's one-line reply, turning its error into an AgentError."""
+def _signal_name(number_):
+    try:
+        return signal.Signals(number_).name
+    except ValueError:
+        return "signal %d" % number_
+
+
+def _crash_error(state, spec, returncode, err, before, peak):
+    """The AgentError for a bench process that ended without a reply."""
+    tail = err.decode("utf-8", "replace").strip().splitlines()[-1:]
+    said = ": %s" % tail[0][:300] if tail else " (it printed nothing)"
+    if returncode >= 0:
+        return AgentError("BenchCrashed", "the bench process exited with status %d without a result%s"
+                          % (returncode, said))
+    sig = -returncode
+    if sig == signal.SIGKILL:
+        after = memory_events()
+        if not killed_for_memory(before, after, peak):
+            time.sleep(0.05)  # the kernel counts the kill right after sending it; read once more
+            after = memory_events()
+        if killed_for_memory(before, after, peak):
+            return _oom(state, spec, "the bench process was killed by the kernel's out-of-memory killer "
+                        "at %.0f MB%s" % (peak, _limit_text(before)))
+        why = ("the memory cgroup's oom_kill count did not change" if before.get("cgroup_oom_kill") is not None
+               else "no out-of-memory kill was recorded")
+        return AgentError("BenchCrashed", "the bench process was killed by SIGKILL, not for memory (%s)" % why)
+    return AgentError("BenchCrashed", "the bench process was killed by %s%s" % (_signal_name(sig), said))
+
+
+def _limit_text(events):
+    limit = events.get("limit_mb")
+    return " (memory limit %.0f MB)" % limit if limit else ""
+
+
+def _oom(state, spec, message):
+    """OutOfMemory, after removing the models that did not fit from the cache."""
+    gone = [forget(state, p) for p in (spec["path"], spec.get("against_path")) if p]
+    note = "; removed the model from the device cache" if any(gone) else ""
+    return AgentError("OutOfMemory", "%s%s" % (message, note))
+
+
+def _child_result(state, spec, out, err, returncode, before, peak):
+    """The child's result, or the AgentError saying why there is none."""
     lines = [l for l in out.decode("utf-8", "replace").splitlines()
              if l.startswith("{") and l != READY_LINE.strip()]
     if not lines:
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        if returncode is not None and returncode < 0:
-            raise AgentError("BadModel", "bench process died with signal %d: %s" % (-returncode, tail[0][:300]))
-        raise AgentError("Internal", "bench process exited %s: %s" % (returncode, tail[0][:300]))
+        raise _crash_error(state, spec, returncode, err, before, peak)
     reply = json.loads(lines[-1])
     if not reply.get("ok"):
-        raise AgentError(reply["error"]["type"], reply["error"]["message"])
-    return reply
+        kind, message = reply["error"]["type"], reply["error"]["message"]
+        if kind == "OutOfMemory":
+            raise _oom(state, spec, message)
+        raise AgentError(kind, message)
+    return reply["result"]
+
+
+def _bench_cached_paths(state, spec):
+    """After taking the lock: the models must still be there (another agent may have evicted them)."""
+    for path in (spec["path"], spec.get("against_path")):
+        if path and not os.path.exists(path):
+            raise AgentError("NotFound", "model %s is not in the device cache; put it first"
+                             % os.path.basename(path)[:12])
+        if path:
+            touch(path)
+
+
+def op_bench(state, req):
+    """Benchmark a cached model in a fresh child process, under the device lock; throttling read
+    before and after, the kernel's memory events before and after."""
+    spec = _bench_spec(state, req)
+    timeout = number(req, "timeout_s", 300.0, 0.001, 7 * 86400.0)
+    waited = acquire_device(state, req.get("id"), "bench", lock_timeout(req), model=req.get("sha256"))
+    _bench_cached_paths(state, spec)
+    throttle_before = throttled_state()
+    before = memory_events()
+    started, t0 = time.time(), time.perf_counter()
+    proc = _take_child(state, spec)
+    t1 = time.perf_counter()
+    try:
+        out, err, code, peak = _run_child(state, proc, spec, timeout)
+    except AgentError as exc:
+        if exc.kind != "Cancelled":
+            prewarm(state, spec["runtime"])
+        raise
+    prewarm(state, spec["runtime"])  # the next bench of this runtime finds its child ready
+    result = _child_result(state, spec, out, err, code, before, peak)
+    result.update(throttled_before=throttle_before, throttled_after=throttled_state(), runtime=spec["runtime"],
+                  runtime_version=runtimes_of(state)[spec["runtime"]]["version"], started_at=started,
+                  ended_at=time.time(), lock_wait_s=waited,
+                  agent_s={"wait_for_child": t1 - t0, "child": time.perf_counter() - t1})
+    return result
 
 
 # ---------------------------------------------------------------- infer
 
 def _load_npy(b64):
     import numpy as np
+    if not isinstance(b64, str):
+        raise AgentError("BadInput", "an input is a base64 .npy string")
     try:
-        return np.load(io.BytesIO(base64.b64decode(b64)), allow_pickle=False)
+        return np.load(io.BytesIO(base64.b64decode(b64.encode("ascii"), validate=True)), allow_pickle=False)
     except Exception as exc:
-        raise AgentError("BadInput", "input is not a valid .npy array: %s" % exc)
+        raise AgentError("BadInput", "input is not a valid .npy array: %s" % str(exc)[:200])
 
 
 def _dump_npy(arr):
@@ -781,63 +1388,169 @@ def _dump_npy(arr):
 
 
 def op_infer(state, req):
-    """Run the model on the given NCHW inputs and return the outputs as .npy."""
+    """Run the model on the given NCHW inputs (under the device lock) and return the outputs as .npy."""
     path = require_cached(state, req)
-    key = (path, req.get("runtime"), int(req.get("threads", 1)))
+    runtime = text_field(req, "runtime", None, ("onnxruntime", "tflite"))
+    threads = number(req, "threads", 1, 1, 1024, integer=True)
+    inputs = req.get("inputs", [])
+    if not isinstance(inputs, list):
+        raise AgentError("BadInput", "inputs must be a list of base64 .npy arrays")
+    acquire_device(state, req.get("id"), "infer", lock_timeout(req), model=req.get("sha256"))
+    if not os.path.exists(path):
+        raise AgentError("NotFound", "model %s is not in the device cache; put it first" % req["sha256"][:12])
+    touch(path)
+    key = (path, runtime, threads)
     runner = state["runners"].get(key)
     if runner is None:
-        runner = open_runner(path, req.get("runtime"), key[2], runtimes_of(state))
+        try:
+            runner = open_runner(path, runtime, threads, runtimes_of(state))
+        except AgentError as exc:
+            if exc.kind == "OutOfMemory":
+                raise _oom(state, {"path": path}, str(exc))
+            raise
         state["runners"] = {key: runner}  # keep one model loaded, not all of them
-    inputs = [_load_npy(b) for b in req.get("inputs", [])]
-    if len(inputs) != len(runner.input_specs()):
-        raise AgentError("BadInput", "the model takes %d input(s), got %d" % (len(runner.input_specs()), len(inputs)))
-    return {"outputs": [_dump_npy(o) for o in run_batch(runner, inputs)]}
+    arrays = [_load_npy(b) for b in inputs]
+    if len(arrays) != len(runner.input_specs()):
+        raise AgentError("BadInput", "the model takes %d input(s), got %d" % (len(runner.input_specs()), len(arrays)))
+    try:
+        outputs = run_batch(runner, arrays)
+    except AgentError:
+        raise
+    except Exception as exc:
+        raise _run_error(exc)
+    return {"outputs": [_dump_npy(o) for o in outputs]}
+
+
+# ---------------------------------------------------------------- hello
+
+def op_hello(state, req):
+    """Identify the device and its runtimes; remember who the client is (for the lock file)."""
+    client = req.get("client")
+    if client is not None:
+        if not isinstance(client, dict):
+            raise AgentError("BadRequest", "client must be {\"host\", \"pid\", \"user\"}")
+        state["client"] = dict((k, client[k]) for k in ("host", "pid", "user")
+                               if isinstance(client.get(k), (str, int)) and not isinstance(client.get(k), bool))
+    names = req.get("prewarm") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise AgentError("BadRequest", "prewarm must be a list of runtime names")
+    runtimes = runtimes_of(state)
+    for name in names:
+        prewarm(state, name)
+    reply = {
+        "protocol": PROTOCOL_VERSION,
+        "runtimes": dict((k, v["version"]) for k, v in runtimes.items()),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_mb": _memory_mb(),
+        "hostname": socket.gethostname(),
+        "machine": platform.machine(),
+        "cache_dir": state["cache"],
+        "cache": cache_usage(state),
+        "pid": os.getpid(),
+        "agent": agent_usage(),
+        "limits": {"max_line_bytes": MAX_LINE_BYTES, "max_depth": MAX_DEPTH},
+        "features": ["paired_bench", "device_lock", "events", "clean", "cache_lru"],
+    }
+    throttled = throttled_state()
+    if throttled is not None:
+        reply["throttled"] = throttled
+    mode = nvpmodel_mode()
+    if mode is not None:
+        reply["nvpmodel"] = mode
+    return reply
 
 
 # ---------------------------------------------------------------- main loop
 
-OPS = {"hello": op_hello, "put": op_put, "bench": op_bench, "infer": op_infer}
+OPS = {"hello": op_hello, "put": op_put, "bench": op_bench, "infer": op_infer, "clean": op_clean}
+
+
+def _error(rid, kind, message):
+    return {"id": rid, "ok": False, "error": {"type": kind, "message": message}}
+
+
+def _request_id(req):
+    rid = req.get("id")
+    if rid is None or (isinstance(rid, int) and not isinstance(rid, bool)) or (isinstance(rid, str) and len(rid) <= 200):
+        return rid
+    raise AgentError("BadRequest", "id must be an integer or a short string, got %s" % _short(rid))
 
 
 def handle(state, req):
-    """One reply dict for one request dict."""
-    rid = req.get("id") if isinstance(req, dict) else None
+    """One reply dict for one request dict; every exception but ClientGone becomes an error reply."""
+    rid = None
     try:
-        if not isinstance(req, dict) or "op" not in req:
-            raise AgentError("BadRequest", "a request is a JSON object with an op")
+        rid = _request_id(req)
+        op = req.get("op")
+        if not isinstance(op, str):
+            raise AgentError("BadRequest", "a request is a JSON object with an op (a string)")
         proto = req.get("protocol")
         if proto is not None and proto != PROTOCOL_VERSION:
             raise AgentError("ProtocolMismatch", "client speaks protocol %s, this agent speaks %d; "
-                             "upload the matching agent.py" % (proto, PROTOCOL_VERSION))
-        if req["op"] == "bye":
+                             "upload the matching agent.py" % (_short(proto), PROTOCOL_VERSION))
+        if op == "bye":
             state["running"] = False
             return {"id": rid, "ok": True}
-        if req["op"] not in OPS:
-            raise AgentError("BadRequest", "unknown op %r" % (req["op"],))
-        reply = OPS[req["op"]](state, req)
+        if op not in OPS:
+            raise AgentError("BadRequest", "unknown op %s" % _short(op))
+        reply = OPS[op](state, req)
+    except ClientGone:
+        raise
     except AgentError as exc:
-        return {"id": rid, "ok": False, "error": {"type": exc.kind, "message": str(exc)}}
+        return _error(rid, exc.kind, str(exc))
     except Exception as exc:
-        return {"id": rid, "ok": False, "error": {"type": "Internal", "message": "%s: %s" % (type(exc).__name__, exc)}}
+        return _error(rid, "Internal", "%s: %s" % (type(exc).__name__, str(exc)[:300]))
     reply.update({"id": rid, "ok": True})
     return reply
 
 
-def _watch_parent(parent):
+def answer(state, line):
+    """Parse, handle and answer one request line (TOO_LONG included); never raises but ClientGone."""
+    if line is TOO_LONG:
+        reply = _error(None, "BadRequest", "request line longer than %d bytes; large payloads go as files "
+                       "(SFTP or adb push, then put)" % MAX_LINE_BYTES)
+    else:
+        try:
+            reply = handle(state, parse_request(line))
+        except AgentError as exc:
+            reply = _error(None, exc.kind, str(exc))
+    try:
+        text = json.dumps(reply)
+    except Exception as exc:
+        text = json.dumps(_error(reply.get("id"), "Internal", "reply not serializable: %s" % str(exc)[:200]))
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    settle(state)
+
+
+def _watch_parent(parent, before_exit):
     """Exit when our parent goes away (the client's session closed without EOF)."""
     def loop():
         while True:
             time.sleep(0.5)
             if os.getppid() != parent:
+                before_exit()
                 os._exit(3)
     t = threading.Thread(target=loop)
     t.daemon = True
     t.start()
 
 
+def _kill_children(state):
+    """SIGKILL the running bench process and the pre-started ones (from a signal handler or thread)."""
+    for proc in list(state["warm"].values()) + [state.get("child")]:
+        if proc is not None:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+
+
 def _parse_args(argv):
     args = {"cache": os.path.join(os.path.expanduser("~"), ".cache", "edgeprune-agent"), "idle": 600.0,
-            "prewarm": []}
+            "prewarm": [], "cache_max_mb": DEFAULT_CACHE_MAX_MB}
     i = 0
     while i < len(argv):
         if argv[i] == "--cache":
@@ -846,56 +1559,60 @@ def _parse_args(argv):
             args["idle"] = float(argv[i + 1])
         elif argv[i] == "--prewarm":
             args["prewarm"].append(argv[i + 1])
+        elif argv[i] == "--cache-max-mb":
+            args["cache_max_mb"] = float(argv[i + 1])
         i += 2
     return args
 
 
-def serve(cache, idle_timeout, prewarm_runtimes=()):
-    """Answer requests from stdin until bye, EOF, parent death or idle timeout."""
+def serve(cache, idle_timeout, prewarm_runtimes=(), cache_max_mb=DEFAULT_CACHE_MAX_MB):
+    """Answer requests from stdin until bye, EOF, parent death, SIGTERM/SIGHUP or idle timeout."""
     if not os.path.isdir(cache):
         os.makedirs(cache)
-    state = {"cache": cache, "running": True, "runners": {}, "warm": {}, "runtimes": None}
-    _watch_parent(os.getppid())
+    state = {"cache": cache, "running": True, "runners": {}, "warm": {}, "runtimes": None, "child": None,
+             "client": None, "lock": DeviceLock(cache), "cache_max_bytes": int(cache_max_mb * 1024 * 1024),
+             "reader": LineReader(sys.stdin.fileno(), MAX_LINE_BYTES)}
+
+    def on_signal(signum, frame):
+        _kill_children(state)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    _watch_parent(os.getppid(), lambda: _kill_children(state))
     for runtime in prewarm_runtimes:
         prewarm(state, runtime)
     try:
         return _serve_loop(state, idle_timeout)
+    except ClientGone:
+        return 0
     finally:
         stop_children(state)
+        state["lock"].release()
+
+
+def _unready(state):
+    """{stdout fd: proc} of pre-started children still importing."""
+    return dict((p.stdout.fileno(), p) for p in state["warm"].values() if not getattr(p, "ready", False))
 
 
 def _serve_loop(state, idle_timeout):
-    fd = sys.stdin.fileno()
-    buf = b""
+    reader = state["reader"]
     last = time.time()
     while state["running"]:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if not ready:
-            if time.time() - last > idle_timeout:
-                return 0
-            continue
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return 0
-        buf += chunk
-        while b"\n" in buf and state["running"]:
-            line, buf = buf.split(b"\n", 1)
+        if reader.lines:
+            answer(state, reader.lines.popleft())
             last = time.time()
-            if line.strip():
-                _answer(state, line)
+            continue
+        if reader.eof:
+            return 0
+        settle(state)
+        importing = _unready(state)
+        for fd in poll(state, list(importing), 1.0):
+            _wait_ready(importing[fd], 0.0)  # a child that died while importing: settle() discards it
+        if not reader.lines and not reader.eof and time.time() - last > idle_timeout:
+            return 0
     return 0
-
-
-def _answer(state, line):
-    try:
-        req = json.loads(line.decode("utf-8"))
-    except ValueError as exc:
-        req = None
-        reply = {"id": None, "ok": False, "error": {"type": "BadRequest", "message": "not JSON: %s" % exc}}
-    if req is not None:
-        reply = handle(state, req)
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
 
 
 def main(argv):
@@ -903,7 +1620,7 @@ def main(argv):
         return child_main(argv[1] if len(argv) > 1 else "")
     args = _parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    return serve(args["cache"], args["idle"], args["prewarm"])
+    return serve(args["cache"], args["idle"], args["prewarm"], args["cache_max_mb"])
 
 
 if __name__ == "__main__":

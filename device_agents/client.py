@@ -4,13 +4,20 @@ It starts the agent (named by its sha256; uploaded only when starting it fails b
 file is not on the device, so a warm device costs one command and one round trip), checks
 the protocol version, uploads models into the device's content-addressed cache, and maps the
 agent's error types onto edgeprune's exceptions. Every call has a timeout; `retrying` reconnects
-after a dropped connection with bounded, backed-off retries and chains the last error.
+after a dropped connection or a crashed bench process with bounded, backed-off retries and
+chains the last error. Bench, infer and clean wait at most `lock_timeout` for the device lock
+(another host is measuring): the agent's "waiting" event goes to `on_event` (by default a
+warning naming the holder), and a lock still held at the end is a TargetBusyError.
 """
 from __future__ import annotations
 
 import base64
+import getpass
 import io
 import json
+import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +26,25 @@ from typing import Any, Callable, Optional, TypeVar
 import numpy as np
 
 from device_agents.agent import PROTOCOL_VERSION
-from device_agents.transport import AgentChannel, ChannelTimeout, ConnectionLost, Transport, with_retries
-from edgeprune._io import sha256_file
-from edgeprune.errors import BadInputError, DoesNotFitError, EdgePruneError, TargetUnreachableError
+from device_agents.transport import AgentChannel, ChannelTimeout, ConnectionLost, Transport, sha256_file, with_retries
+from edgeprune.errors import BadInputError, DoesNotFitError, EdgePruneError, TargetBusyError, TargetUnreachableError
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
 T = TypeVar("T")
+LOCKED_OPS = ("bench", "infer", "clean")  # they wait for the device lock first
+log = logging.getLogger(__name__)
 
 
 class ProtocolMismatchError(TargetUnreachableError):
     """The agent on the device speaks another protocol version."""
+
+
+class BenchCrashedError(ConnectionLost):
+    """The bench process died (a signal other than the kernel's OOM killer); a retry may help."""
+
+
+class NotInCacheError(TargetUnreachableError):
+    """The model left the device cache (evicted by another agent) between put and use."""
 
 
 @dataclass
@@ -43,6 +59,9 @@ class AgentOptions:
     backoff: float = 0.5
     protocol: int = PROTOCOL_VERSION
     prewarm: list[str] = field(default_factory=list)  # runtimes whose bench process starts with the agent
+    lock_timeout: float = 600.0  # seconds a bench, infer or clean waits for the device lock
+    cache_max_mb: Optional[float] = None  # the device cache's cap (None: the agent's default, 2 GB)
+    on_event: Optional[Callable[[str, dict[str, Any]], None]] = None  # (target, event); default: a warning
 
 
 def map_agent_error(target: str, kind: str, message: str) -> EdgePruneError:
@@ -56,7 +75,37 @@ def map_agent_error(target: str, kind: str, message: str) -> EdgePruneError:
         return ProtocolMismatchError(text)
     if kind == "NoRuntime":
         return TargetUnreachableError(f"{text}; install it on the device or export another format")
+    if kind == "Busy":
+        return TargetBusyError(text)
+    if kind == "BenchCrashed":
+        return BenchCrashedError(text)
+    if kind == "NotFound":
+        return NotInCacheError(text)
     return TargetUnreachableError(f"{text} [{kind}]")
+
+
+def _warn_event(target: str, event: dict[str, Any]) -> None:
+    log.warning("%s: %s", target, event.get("message") or event.get("event"))
+
+
+def _client_info() -> dict[str, Any]:
+    """Who drives the device, for the agent's lock file."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name in this environment
+        user = str(os.getuid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "user": user}
+
+
+def _naming_file(exc: EdgePruneError, sha: str, local: Path) -> EdgePruneError:
+    """The same error with the device's content-hash file name replaced by the user's file name."""
+    text = str(exc)
+    named = text.replace(f"{sha}{local.suffix.lower()}", local.name).replace(sha[:12], local.name)
+    if named == text:
+        return exc
+    renamed = type(exc)(named)
+    renamed.__cause__ = exc.__cause__
+    return renamed
 
 
 class AgentClient:
@@ -105,10 +154,12 @@ class AgentClient:
                                              "--idle-timeout", str(self.options.idle_timeout)]
         for runtime in self.options.prewarm:
             argv += ["--prewarm", runtime]
+        if self.options.cache_max_mb is not None:
+            argv += ["--cache-max-mb", str(self.options.cache_max_mb)]
         if self.options.env:
             argv = ["env"] + [f"{k}={v}" for k, v in self.options.env.items()] + argv
         self.channel = self.transport.start(argv)
-        return self.call("hello")
+        return self.call("hello", client=_client_info())
 
     def close(self) -> None:
         """Say bye (best effort) and stop the agent."""
@@ -138,9 +189,13 @@ class AgentClient:
             raise ConnectionLost(f"{self.name}: no agent session")
         self._next_id += 1
         request = {"id": self._next_id, "op": op, "protocol": self.options.protocol, **fields}
+        wait = timeout or self.options.op_timeout
+        if op in LOCKED_OPS:
+            request.setdefault("lock_timeout", self.options.lock_timeout)
+            wait += float(request["lock_timeout"])
         self.channel.send_line(json.dumps(request).encode())
         try:
-            reply = self._read_reply(self._next_id, timeout or self.options.op_timeout)
+            reply = self._read_reply(self._next_id, wait)
         except ChannelTimeout:
             self.close()  # a late agent is stopped, never left half-way through a request
             raise
@@ -157,8 +212,12 @@ class AgentClient:
                 reply = json.loads(line)
             except ValueError:
                 continue
-            if reply.get("id") in (rid, None):
+            if reply.get("id") not in (rid, None):
+                continue
+            if "ok" in reply:
                 return reply
+            if "event" in reply:
+                (self.options.on_event or _warn_event)(self.name, reply)
 
     def retrying(self, fn: Callable[["AgentClient"], T]) -> T:
         """Run fn(self), reconnecting after a dropped connection; bounded, backed-off retries."""
@@ -178,7 +237,7 @@ class AgentClient:
         if sha in self._present:
             return {"present": True}
         ext = Path(local).suffix.lower()
-        reply = self.call("put", sha256=sha, ext=ext)
+        reply = self.call("put", sha256=sha, ext=ext, bytes=Path(local).stat().st_size)
         if not reply.get("present"):
             self.transport.upload(Path(local), f"{self.cache_dir()}/{sha}{ext}")
             reply = self.call("put", sha256=sha, ext=ext)
@@ -193,22 +252,50 @@ class AgentClient:
         """Benchmark a model (uploading it first if needed); raw times come back in seconds.
         `against` (path, sha256): a second model benched in the same process, in alternating
         blocks (agents whose hello lists "paired_bench")."""
-        self.ensure_file(local, sha)
-        extra: dict[str, Any] = {}
-        if against is not None:
-            self.ensure_file(against[0], against[1])
-            extra["against"] = {"sha256": against[1], "ext": Path(against[0]).suffix.lower()}
-        return self.call("bench", timeout=timeout + 30.0, sha256=sha, ext=Path(local).suffix.lower(),
-                         runtime=runtime, threads=threads, warmup=warmup, runs=runs,
-                         min_seconds=min_seconds, warmup_seconds=warmup_seconds,
-                         timeout_s=timeout, max_seconds=timeout, **extra)
+        def request() -> dict[str, Any]:
+            self.ensure_file(local, sha)
+            extra: dict[str, Any] = {}
+            if against is not None:
+                self.ensure_file(against[0], against[1])
+                extra["against"] = {"sha256": against[1], "ext": Path(against[0]).suffix.lower()}
+            return self.call("bench", timeout=timeout + 30.0, sha256=sha, ext=Path(local).suffix.lower(),
+                             runtime=runtime, threads=threads, warmup=warmup, runs=runs,
+                             min_seconds=min_seconds, warmup_seconds=warmup_seconds,
+                             timeout_s=timeout, max_seconds=timeout, **extra)
+        files = [(Path(local), sha)] + ([(Path(against[0]), against[1])] if against is not None else [])
+        return self._with_model(files, request)
 
     def infer(self, local: Path, sha: str, runtime: str, threads: int, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the model on NCHW inputs on the device; outputs as numpy arrays."""
-        self.ensure_file(local, sha)
-        reply = self.call("infer", sha256=sha, ext=Path(local).suffix.lower(), runtime=runtime,
-                          threads=threads, inputs=[_to_npy(a) for a in inputs])
+        def request() -> dict[str, Any]:
+            self.ensure_file(local, sha)
+            return self.call("infer", sha256=sha, ext=Path(local).suffix.lower(), runtime=runtime,
+                             threads=threads, inputs=[_to_npy(a) for a in inputs])
+        reply = self._with_model([(Path(local), sha)], request)
         return [np.load(io.BytesIO(base64.b64decode(o)), allow_pickle=False) for o in reply["outputs"]]
+
+    def _with_model(self, files: list[tuple[Path, str]], request: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a request that uses cached models: put them again once if another agent evicted one
+        meanwhile; a model that did not fit is gone from the device (the agent removed it); errors
+        name the user's files, not their content hashes."""
+        try:
+            try:
+                return request()
+            except NotInCacheError:
+                self._present.difference_update(sha for _, sha in files)
+                return request()
+        except EdgePruneError as exc:
+            if isinstance(exc, DoesNotFitError):
+                self._present.difference_update(sha for _, sha in files)
+            for local, sha in files:
+                exc = _naming_file(exc, sha, local)
+            raise exc
+
+    def clean_cache(self) -> dict[str, Any]:
+        """Empty the device's model cache (waiting for the device lock): {"removed", "freed_bytes"}."""
+        reply = self.call("clean")
+        self._present = set()
+        return {"removed": reply.get("removed", 0), "freed_bytes": reply.get("freed_bytes", 0)}
 
 
 def _to_npy(arr: np.ndarray) -> str:

@@ -12,6 +12,8 @@ host key) are final.
 from __future__ import annotations
 
 import collections
+import hashlib
+import os
 import queue
 import shlex
 import threading
@@ -29,6 +31,15 @@ class ConnectionLost(TargetUnreachableError):
 
 class ChannelTimeout(TargetUnreachableError):
     """The agent did not answer within the operation's timeout."""
+
+
+def sha256_file(path: "str | os.PathLike[str]", chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's contents (the name of a model in the device cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def quote_command(argv: Sequence[str]) -> str:

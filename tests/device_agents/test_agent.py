@@ -105,7 +105,7 @@ def test_prewarmed_bench_process_is_used_once_and_cleaned_up(tmp_path):
         first = _bench_children(proc.pid)
         assert len(first) == 1  # started with the agent, before any request
         sys.path.insert(0, str(AGENT.parent.parent))
-        from device_agents.testing import tiny_onnx
+        from tests.agent_kit.testing import tiny_onnx
         model = tiny_onnx(tmp_path / "m.onnx")
         sha = hashlib.sha256(model.read_bytes()).hexdigest()
         (tmp_path / f"{sha}.onnx").write_bytes(model.read_bytes())
@@ -126,3 +126,184 @@ def test_prewarmed_bench_process_is_used_once_and_cleaned_up(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------- device lock, cache, cancellation
+
+def _start(cache, *extra):
+    return subprocess.Popen([sys.executable, str(AGENT), "--cache", str(cache), "--idle-timeout", "60", *extra],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _send(proc, obj):
+    proc.stdin.write(json.dumps(obj).encode() + b"\n")
+    proc.stdin.flush()
+
+
+def _read(proc, timeout=30.0):
+    import select
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no line from the agent"
+    return json.loads(proc.stdout.readline())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.agent_kit.testing import tiny_onnx
+    path = tiny_onnx(tmp_path_factory.mktemp("tiny") / "m.onnx")
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cached(cache, tiny):
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / f"{tiny[1]}.onnx").write_bytes(tiny[0].read_bytes())
+    return {"sha256": tiny[1], "ext": ".onnx", "runs": 5, "warmup_seconds": 0.01}
+
+
+def _bench_processes(agent_pid):
+    """Pids of the agent's children that are measuring (comm edgeprune-bench)."""
+    return [p for p in _bench_children(agent_pid) if Path(f"/proc/{p}/comm").read_text().strip() == "edgeprune-bench"]
+
+
+def _wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return None
+
+
+def test_device_lock_serializes_agents_and_names_the_holder(tmp_path, tiny):
+    cache = tmp_path / "shared cache"
+    bench = _cached(cache, tiny)
+    a, b = _start(cache), _start(cache)
+    try:
+        _send(a, {"id": 1, "op": "hello", "client": {"host": "host-a", "pid": 4242, "user": "ann"}})
+        _read(a)
+        _send(a, {"id": 2, "op": "bench", "min_seconds": 3.0, **bench})
+        assert _wait(lambda: _bench_processes(a.pid))
+        _send(b, {"id": 3, "op": "bench", "min_seconds": 0.05, "lock_timeout": 0.5, **bench})
+        event, busy = _read(b), _read(b)
+        assert event["event"] == "waiting" and "ok" not in event and event["holder"]["agent_pid"] == a.pid
+        assert "pid 4242 on host host-a (user ann)" in event["message"] and "bench of" in event["message"]
+        assert busy["id"] == 3 and busy["error"]["type"] == "Busy" and "host-a" in busy["error"]["message"]
+        _send(b, {"id": 4, "op": "bench", "min_seconds": 0.05, "lock_timeout": 60, **bench})
+        assert _read(b)["event"] == "waiting"
+        first, second = _read(a), _read(b)
+        assert first["ok"] and second["ok"] and second["started_at"] >= first["ended_at"]
+        assert second["lock_wait_s"] > 0.5
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+
+
+def test_cache_is_capped_least_recently_used_first_and_clean_empties_it(tmp_path):
+    cache = tmp_path / "cache"
+    proc = _start(cache, "--cache-max-mb", str(2500 / (1024 * 1024)))  # room for two 1000-byte files
+    blobs = [bytes([i]) * 1000 for i in range(4)]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    try:
+        for i, data in enumerate(blobs[:2]):
+            _send(proc, {"id": i, "op": "put", "sha256": shas[i], "ext": ".bin", "data_b64": base64.b64encode(data).decode()})
+            assert _read(proc)["evicted"] == []
+        _send(proc, {"id": 5, "op": "put", "sha256": shas[0], "ext": ".bin"})  # used again: now the newest
+        assert _read(proc)["present"]
+        _send(proc, {"id": 6, "op": "put", "sha256": shas[2], "ext": ".bin", "data_b64": base64.b64encode(blobs[2]).decode()})
+        assert _read(proc)["evicted"] == [f"{shas[1]}.bin"]
+        _send(proc, {"id": 7, "op": "put", "sha256": shas[3], "ext": ".bin", "bytes": 1000})  # room before an upload
+        assert _read(proc)["evicted"] == [f"{shas[0]}.bin"]
+        _send(proc, {"id": 8, "op": "hello"})
+        assert _read(proc)["cache"] == {"files": 1, "bytes": 1000, "max_bytes": 2500}
+        _send(proc, {"id": 9, "op": "clean"})
+        reply = _read(proc)
+        assert reply["removed"] == 1 and reply["freed_bytes"] == 1000
+        assert [p.name for p in cache.iterdir()] in ([], [".device.lock"])
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_client_eof_mid_bench_ends_bench_and_agent_at_once(tmp_path, tiny):
+    proc = _start(tmp_path / "c")
+    bench = _cached(tmp_path / "c", tiny)
+    _send(proc, {"id": 1, "op": "bench", "min_seconds": 60.0, **bench})
+    child = _wait(lambda: _bench_processes(proc.pid))
+    assert child
+    start = time.monotonic()
+    proc.stdin.close()
+    assert proc.wait(timeout=5) == 0 and time.monotonic() - start < 2.0
+    assert _wait(lambda: not Path(f"/proc/{child[0]}").exists() or "Z" in Path(f"/proc/{child[0]}/stat").read_text().split()[2], 3)
+
+
+def test_bye_mid_bench_cancels_it(tmp_path, tiny):
+    proc = _start(tmp_path / "c")
+    bench = _cached(tmp_path / "c", tiny)
+    _send(proc, {"id": 1, "op": "bench", "min_seconds": 60.0, **bench})
+    assert _wait(lambda: _bench_processes(proc.pid))
+    start = time.monotonic()
+    _send(proc, {"id": 2, "op": "bye"})
+    assert _read(proc)["error"]["type"] == "Cancelled"
+    assert _read(proc) == {"id": 2, "ok": True}
+    assert proc.wait(timeout=5) == 0 and time.monotonic() - start < 2.0
+
+
+@pytest.mark.parametrize("before, after, peak, oom", [
+    ({"cgroup_oom_kill": 3, "cgroup_root": False}, {"cgroup_oom_kill": 4}, 10, True),
+    ({"cgroup_oom_kill": 3, "cgroup_root": False, "vm_oom_kill": 1}, {"cgroup_oom_kill": 3, "vm_oom_kill": 2}, 10, False),
+    ({"cgroup_oom_kill": 0, "cgroup_root": True, "vm_oom_kill": 5}, {"cgroup_oom_kill": 0, "vm_oom_kill": 6}, 10, True),
+    ({"cgroup_root": True, "vm_oom_kill": 5, "limit_mb": 100}, {"vm_oom_kill": 5}, 99, False),
+    ({"cgroup_failcnt": 7, "limit_mb": 100}, {"cgroup_failcnt": 9}, 10, True),  # old kernels: no OOM counters
+    ({"cgroup_failcnt": 7, "limit_mb": 100}, {"cgroup_failcnt": 7}, 95, True),
+    ({"cgroup_failcnt": 7, "limit_mb": 100}, {"cgroup_failcnt": 7}, 50, False),
+    ({}, {}, 0, False),
+])
+def test_out_of_memory_only_when_the_kernel_says_so(before, after, peak, oom):
+    sys.path.insert(0, str(AGENT.parent.parent))
+    from device_agents.agent import killed_for_memory
+    assert killed_for_memory(before, after, peak) is oom
+
+
+def test_protocol_mismatch(tmp_path):
+    from device_agents.client import AgentClient, AgentOptions, ProtocolMismatchError
+    from device_agents.local import LocalTransport
+    client = AgentClient(LocalTransport("t-proto", workdir=str(tmp_path)), AgentOptions(python=[sys.executable],
+                                                                                       protocol=99))
+    with pytest.raises(ProtocolMismatchError, match="protocol 99"):
+        client.open()
+    client.shutdown()
+
+
+def test_client_names_the_users_file_and_cleans_the_cache(tmp_path):
+    from device_agents.client import AgentClient, AgentOptions
+    from device_agents.local import LocalTransport
+    from edgeprune.errors import BadInputError
+    corrupt = tmp_path / "my model.onnx"
+    corrupt.write_bytes(b"\x08\x07not a protobuf" * 10)
+    sha = hashlib.sha256(corrupt.read_bytes()).hexdigest()
+    with AgentClient(LocalTransport("t-clean", workdir=str(tmp_path / "w")), AgentOptions(python=[sys.executable])) as c:
+        with pytest.raises(BadInputError, match="cannot load my model.onnx") as info:
+            c.bench(corrupt, sha, "onnxruntime", 1, 1, 5, 0.05, 0.01, timeout=30.0)
+        assert sha[:12] not in str(info.value)
+        assert c.clean_cache() == {"removed": 1, "freed_bytes": corrupt.stat().st_size}
+        assert c.call("hello")["cache"]["files"] == 0
+
+
+def test_agent_runs_on_python38(tmp_path):
+    """hello, put, clean and the lock on the oldest Python the agent supports (where one is installed)."""
+    import os
+    import shutil
+    python = shutil.which("python3.8")
+    if python is None or subprocess.run([python, "-c", "pass"], capture_output=True).returncode != 0:
+        pytest.skip("no python3.8 here")
+    proc = subprocess.Popen([python, str(AGENT), "--cache", str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ""})
+    out, err = proc.communicate(b'{"id": 1, "op": "hello"}\n' + b"[" * 5000 + b"\n" +
+                                b'{"id": 2, "op": "put", "sha256": "' + b"a" * 64 + b'", "bytes": 10}\n'
+                                b'{"id": 3, "op": "clean"}\n', timeout=60)
+    replies = [json.loads(line) for line in out.splitlines()]
+    assert [r.get("id") for r in replies] == [1, None, 2, 3], err
+    assert replies[0]["python"].startswith("3.8") and replies[1]["error"]["type"] == "BadRequest"
+    assert replies[2]["present"] is False and replies[3]["ok"]

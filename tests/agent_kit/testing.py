@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from edgeprune.targets.profile import Target
+from edgeprune.targets.target import Target
 
 
 def in_ci() -> bool:

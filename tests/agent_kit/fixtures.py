@@ -1,4 +1,4 @@
-"""pytest fixtures shared by tests/device_agents and tests/targets (imported by their conftest.py)."""
+"""pytest fixtures shared by tests/device_agents, tests/targets and tests/faults (imported by their conftest.py)."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from device_agents import testing
-from edgeprune.targets.profile import Target
+from tests.agent_kit import testing
+from edgeprune.targets.target import Target
 
 # workdirs with spaces and shell metacharacters: every remote command must quote them
 ODD_DIR = "edge prune $(touch pwned);'q\" `x`"
