@@ -3,16 +3,26 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test conformance bench clean
+TORCH   := torch==2.13.0
+
+.PHONY: install lock system-deps demo test conformance bench clean
 
 install: $(VENV)/.installed
 
-# torch first, from the pinned CPU wheel, so nothing pulls a CUDA build; then every extra.
-$(VENV)/.installed: pyproject.toml
+# torch first, from the pinned CPU wheel, so nothing pulls a CUDA build; then every extra at
+# the versions in constraints.txt (pyproject.toml keeps ranges, for library users).
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[all]'
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $@
+
+# constraints.txt from $(VENV), after the tests pass there (upgrade first with
+# `$(PY) -m pip install -U -e '.[all]'` to move the pins).
+lock:
+	$(PY) .ci/lock.py > constraints.txt.tmp
+	grep -qx '$(TORCH)' constraints.txt.tmp || { echo "lock: $(VENV) must hold $(TORCH)" >&2; rm constraints.txt.tmp; exit 1; }
+	mv constraints.txt.tmp constraints.txt
 
 # sshd and adb for the device-agent tests and emulated targets (root only; apt-get).
 system-deps:
