@@ -56,7 +56,7 @@ def test_compress_latency_writes_measured_result(small_model, tmp_path):
     assert result["method"] == "adaptive" and result["search"]["estimates"] == 0
     assert result["search"]["measurements"] == len(candidates)
     for c in candidates:  # meeting the budget takes a second A/B, and the slower one stands
-        if c["met_budget"]:
+        if c["met_budget"] and c["fidelity"] == "measure":
             assert len(c["confirmation_ratios"]) == 2
             assert c["p50_ms"] / c["baseline_p50_ms"] == pytest.approx(max(c["confirmation_ratios"]))
     assert any(c["met_budget"] for c in candidates) or not result["met"]
