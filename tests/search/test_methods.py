@@ -103,3 +103,17 @@ def test_adaptive_proposes_from_the_last_good_state_and_halves_after_a_miss(mode
     ctx.load_state = lambda i: create_model("resnet20", width=8).eval()
     nxt = searcher.ask(history)[0]
     assert nxt.parent == 1 and nxt.extra["threshold"] == pytest.approx(0.3)
+
+
+def test_random_aims_low_when_the_measurements_say_the_budget_is_below_the_overhead(model):
+    """Measured candidates as slow as the baseline put the proxy's budget at no MACs at all:
+    the next round samples at the floor, not at random shares (the accuracy policy's way)."""
+    base = baseline(model)
+    ctx = context(model, "latency", "0.5x", samples=3, measure_top=1, rounds=2)
+    searcher = create_searcher("random", ctx)
+    history = History(candidates=[base])
+    slow = Candidate(1, Proposal({}, "measure"), "random", accuracy=95.0, params=1, macs=base.macs // 2,
+                     p50_ms=base.p50_ms, source="device", artifact="a.onnx")
+    history.append(slow)
+    key, goal = searcher._goal(history)
+    assert key == "macs" and goal == pytest.approx(0.05 * base.macs)

@@ -28,6 +28,7 @@ AIM = 0.9            # sample under this share of the budget: the proxy and the 
 BAND = 0.75          # and above this share of the aim, so samples do not waste the budget
 SPREAD = 0.35        # log-normal spread of per-layer keep ratios around the round's level
 MAX_DRAWS = 40       # draws per accepted sample before a round gives up on the band
+FLOOR = 0.05         # never aim below this share of the MACs, whatever the proxy says
 
 
 @dataclass
@@ -126,29 +127,34 @@ class Method(Searcher):
         if r not in self._rounds:
             rng = np.random.default_rng([self.ctx.seed, r])
             key, goal = self._goal(history)
-            self.ctx.log(f"random search, round {r + 1}: sampling {self.cfg.samples} specs with {key} "
-                         f"<= {goal / 1e6:.3f}M (computed cost against the budget, not a measurement)")
+            where = (f"{key} <= {goal / 1e6:.3f}M" if goal is not None else
+                     f"{key} shares drawn from {self.cfg.accuracy_share}")
+            self.ctx.log(f"random search, round {r + 1}: sampling {self.cfg.samples} specs with {where} "
+                         "(computed cost against the budget, not a measurement)")
             self._rounds[r] = [self._sample(rng, key, goal) for _ in range(self.cfg.samples)]
         return self._rounds[r]
 
-    def _goal(self, history: History) -> Tuple[str, float]:
+    def _goal(self, history: History) -> Tuple[str, Optional[float]]:
         """What a sample's computed cost must stay under: MACs for latency (through the FLOPs
         proxy refitted on every measurement so far), params for memory; for the accuracy
-        policy a MACs share drawn per sample (0: decided in _sample)."""
+        policy a MACs share drawn per sample (None: decided in _sample)."""
         budget, baseline = self.ctx.policy.budget, history.baseline
         if budget.kind in ("latency_ms", "latency_ratio"):
             proxy = MacsProxy.fit(history)
-            return "macs", min(proxy.macs_for(AIM * budget.limit(baseline)), self.base_macs)
+            goal = proxy.macs_for(AIM * budget.limit(baseline))
+            if goal < FLOOR * self.base_macs:  # the fit puts the budget below its overhead: look low
+                self.ctx.log(f"{proxy.describe()} puts the budget below {FLOOR:.0%} of the MACs; sampling there")
+            return "macs", min(max(goal, FLOOR * self.base_macs), self.base_macs)
         if budget.kind == "size_bytes":
             return "params", AIM * budget.value / self.bytes_per_param
         if budget.kind == "peak_mb":  # peak memory follows the weights and the activations
             return "params", AIM * budget.value / max(baseline.peak_memory_mb or budget.value, 1e-9) * self.base_params
-        return "macs", 0.0
+        return "macs", None
 
-    def _sample(self, rng: np.random.Generator, key: str, goal: float) -> Tuple[Dict[str, int], int]:
+    def _sample(self, rng: np.random.Generator, key: str, goal: Optional[float]) -> Tuple[Dict[str, int], int]:
         """Random keep ratios around a level that fits, rejected until the cost is in the band."""
         base = self.base_macs if key == "macs" else self.base_params
-        if goal <= 0:
+        if goal is None:
             goal = rng.uniform(*self.cfg.accuracy_share) * base
         level = float(np.sqrt(min(goal / base, 1.0)))  # a cost roughly follows keep^2
         best: Optional[Tuple[Dict[str, int], int]] = None
