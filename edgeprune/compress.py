@@ -224,7 +224,7 @@ def _finish(job: _Job, evaluator: Evaluator, history: History, final: Candidate,
     shipped.metadata = {**job.ckpt.metadata, "accuracy": evaluate(model, job.data.test)["top1"]}
     shipped.save(job.out / "model.pt")
     artifacts = _export_final(job, evaluator, model)
-    measured = evaluator.measure_artifact(artifacts[evaluator.fmt])  # under 0.5x: interleaved
+    measured = evaluator.measure_artifact(artifacts[evaluator.fmt])  # by the Evaluator's protocol
     final_now = Candidate.from_dict({**final.to_dict(), **measured,
                                      "artifact_bytes": artifacts[evaluator.fmt].stat().st_size})
     verifications = {fmt: verify(path, shipped, data=job.data.test, target=job.target.name).to_dict()
