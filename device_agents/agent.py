@@ -28,7 +28,9 @@ Operations:
             "warmup_seconds", "timeout_s", "lock_timeout"}: runs in a FRESH child process so peak
             memory is that model's alone; returns raw per-run times (seconds), load_ms,
             peak_memory_mb (VmHWM after the runs minus VmRSS before loading the model),
-            memory_method, and started_at/ended_at (device clock). The child is pre-started with
+            memory_method, and started_at/ended_at (device clock). Under a CFS CPU quota (an
+            emulated device, a container) each run's time is the mean of a window of whole
+            quota periods (WINDOW_PERIODS), said in "timing". The child is pre-started with
             numpy and the runtime already imported (one per runtime, never reused: a new one is
             started after each bench), so a bench does not pay for interpreter start-up and
             imports; `--prewarm RUNTIME` on the command line starts the first one at once.
@@ -94,6 +96,7 @@ HIDE_RUNTIMES_ENV = "EDGEPRUNE_AGENT_HIDE_RUNTIMES"
 READY_LINE = '{"ready": true}\n'
 READY_TIMEOUT_S = 120.0
 BLOCK_S = 0.02  # paired bench: how long each model runs before the other takes its turn
+WINDOW_PERIODS = 10  # under a CFS quota, run times are averaged over this many whole periods
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 TFLITE_DISTS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                 "tensorflow": "tensorflow"}
@@ -238,6 +241,32 @@ def cgroup_memory_limit_mb():
         if value and value != "max" and int(value) < (1 << 60):
             return int(value) / (1024.0 * 1024.0)
     return None
+
+
+def cpu_quota():
+    """(quota_us, period_us) of the CFS bandwidth limit on this process's cgroup, or None."""
+    paths = _cgroup_paths()
+    if "cpu" in paths:
+        base = "/sys/fs/cgroup/cpu" + paths["cpu"]
+        quota, period = _read(base + "/cpu.cfs_quota_us"), _read(base + "/cpu.cfs_period_us")
+    elif "" in paths and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        quota, _, period = (_read("/sys/fs/cgroup" + paths[""] + "/cpu.max") or "").partition(" ")
+    else:
+        return None
+    try:
+        quota, period = int(quota), int(period)
+    except (TypeError, ValueError):
+        return None  # "max" or "-1": no limit
+    return (quota, period) if quota > 0 and period > 0 else None
+
+
+def timing_window():
+    """Seconds over which run times are averaged: WINDOW_PERIODS whole CFS periods under a CPU
+    quota, else 0 (every run timed alone). Under a quota a short run goes at full speed until
+    the period's budget is spent, then stalls: single runs show either, never the slower CPU
+    the quota stands for; runs averaged over whole periods do."""
+    quota = cpu_quota()
+    return WINDOW_PERIODS * quota[1] / 1e6 if quota else 0.0
 
 
 def _counter(text, key):
@@ -1011,36 +1040,48 @@ def memory_peak_kb(method):
 
 # ---------------------------------------------------------------- bench (child process)
 
-def _timed_runs(runner, arrays, min_runs, min_seconds, max_seconds):
-    """Run until both min_runs and min_seconds are reached (or max_seconds passes)."""
+def _timed_runs(runner, arrays, min_runs, min_seconds, max_seconds, window=0.0):
+    """Run until both min_runs and min_seconds are reached (or max_seconds passes). With a
+    `window` (seconds), consecutive runs are grouped until the group lasts `window`, and each
+    run of a group is given the group's mean time."""
     times = []
     start = time.perf_counter()
     while True:
-        t0 = time.perf_counter()
-        runner.run(arrays)
-        t1 = time.perf_counter()
-        times.append(t1 - t0)
+        t0, n = time.perf_counter(), 0
+        while True:
+            runner.run(arrays)
+            n += 1
+            t1 = time.perf_counter()
+            if t1 - t0 >= window:
+                break
+        times.extend([(t1 - t0) / n] * n)
         elapsed = t1 - start
         if (len(times) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
             return times
 
 
-def _alternating_runs(first, second, min_runs, min_seconds, max_seconds):
-    """Blocks of about BLOCK_S of each runner in turn, until both reach min_runs and min_seconds."""
+def _alternating_runs(first, second, min_runs, min_seconds, max_seconds, window=0.0):
+    """Blocks of about BLOCK_S (or `window`, if longer) of each runner in turn, until both reach
+    min_runs and min_seconds. With a `window`, each run of a block is given the block's mean."""
     times = ([], [])
     spent = [0.0, 0.0]
     start = time.perf_counter()
+    block = max(BLOCK_S, window)
     while True:
         for side, (runner, arrays) in enumerate((first, second)):
-            block_end = time.perf_counter() + BLOCK_S
+            block_start = time.perf_counter()
+            block_times = []
             while True:
                 t0 = time.perf_counter()
                 runner.run(arrays)
                 t1 = time.perf_counter()
-                times[side].append(t1 - t0)
-                spent[side] += t1 - t0
-                if t1 >= block_end:
+                block_times.append(t1 - t0)
+                if t1 - block_start >= block:
                     break
+            if window:
+                block_times = [(t1 - block_start) / len(block_times)] * len(block_times)
+            times[side].extend(block_times)
+            spent[side] += sum(block_times)
         done = all(len(t) >= min_runs and s >= min_seconds for t, s in zip(times, spent))
         if done or time.perf_counter() - start >= max_seconds:
             return times
@@ -1070,9 +1111,14 @@ def bench_child(spec):
     runner.run(arrays)  # first run: allocations belong to load, as benchmark_model reports them
     load_ms = (time.perf_counter() - t0) * 1000.0
     max_s = float(spec.get("max_seconds", 120.0))
+    window = timing_window()
     warm = _timed_runs(runner, arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
     result = {"warmup_runs": len(warm), "load_ms": load_ms, "baseline_mb": baseline_kb / 1024.0,
               "memory_method": method, "input_shapes": [list(a.shape) for a in arrays]}
+    if window:
+        quota, period = cpu_quota()
+        result["timing"] = {"method": "windowed", "window_s": window, "cfs_quota_us": quota,
+                            "cfs_period_us": period}
     if spec.get("against_path"):
         peak_kb = memory_peak_kb(method)  # this model's alone: the other one is not loaded yet
         t1 = time.perf_counter()
@@ -1082,9 +1128,9 @@ def bench_child(spec):
         result["against_load_ms"] = (time.perf_counter() - t1) * 1000.0
         _timed_runs(other, other_arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
         times, result["against_times_s"] = _alternating_runs(
-            (runner, arrays), (other, other_arrays), int(spec["runs"]), float(spec["min_seconds"]), max_s)
+            (runner, arrays), (other, other_arrays), int(spec["runs"]), float(spec["min_seconds"]), max_s, window)
     else:
-        times = _timed_runs(runner, arrays, int(spec["runs"]), float(spec["min_seconds"]), max_s)
+        times = _timed_runs(runner, arrays, int(spec["runs"]), float(spec["min_seconds"]), max_s, window)
         peak_kb = memory_peak_kb(method)
     result.update(times_s=times, peak_memory_mb=max(0.0, (peak_kb - baseline_kb) / 1024.0),
                   wall_s=time.perf_counter() - t0)

@@ -19,9 +19,12 @@ OPTIMIZERS = ("sgd", "adamw")
 # Per optimizer family: (train lr, weight decay). SGD + one-cycle suits the zoo's BN nets;
 # AdamW + cosine is the safer default for a user's own model (LayerNorm, GELU, no tuning).
 _DEFAULTS = {"sgd": (0.1, 5e-4), "adamw": (1e-3, 0.05)}
-# Fine-tuning a trained model restarts at a fraction of its training lr: the full lr
-# throws the network out of the minimum it found (SGD 0.05 wrecked AdamW-trained models).
-_FINETUNE_FRACTION = {"sgd": 0.5, "adamw": 0.3}
+# Fine-tuning a trained model restarts in its own optimizer family (SGD 0.05 wrecked
+# AdamW-trained models). AdamW rewinds to the training lr, warm-up and cosine included
+# (learning-rate rewinding, Renda et al., ICLR 2020): at 0.3x the lr, GhostNet and DenseNet
+# pruned to half recovered to 72% and 77% in one epoch, at 1x to 88% and 90%
+# (tests/conformance). SGD's one-cycle at half the rate, capped at 0.05, recovers the zoo.
+_FINETUNE_FRACTION = {"sgd": 0.5, "adamw": 1.0}
 _FINETUNE_DEFAULT_LR = {"sgd": 0.05, "adamw": 3e-4}
 _FINETUNE_UNSET_LR = {"sgd": 0.01, "adamw": 3e-4}  # finetune(lr=None): the gentle end
 
@@ -109,14 +112,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int) -> tuple:
 
 def finetune(model: nn.Module, data: LabeledData, epochs: int = 1, lr: Optional[float] = None,
              seed: int = 0, progress: bool = True, teacher: Optional[nn.Module] = None,
-             distill: float = 0.0, optimizer: str = "sgd") -> Dict[str, float]:
+             distill: float = 0.0, optimizer: str = "sgd", batch_size: int = 128) -> Dict[str, float]:
     """Short recovery training after pruning: the model's optimizer family at a small
     learning rate (default: SGD 0.01, AdamW 3e-4; see `finetune_recipe`), and optionally
     the unpruned model as a teacher."""
     if lr is None:
         lr = _FINETUNE_UNSET_LR.get(optimizer, 3e-4)
     cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=progress, distill=distill,
-                      optimizer=optimizer)
+                      optimizer=optimizer, batch_size=batch_size)
     return train(model, data, cfg, teacher)
 
 

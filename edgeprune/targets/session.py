@@ -325,6 +325,12 @@ def _to_measurement(target: Target, hello: dict[str, Any], result: dict[str, Any
         device["nvpmodel"] = hello["nvpmodel"]
     if target.emulated:
         device["emulation"] = vars(target.emulation)
+    notes = list(result.get("notes", []))
+    timing = result.get("timing")
+    if timing:
+        device["timing"] = timing
+        notes.append(f"under a CPU quota ({timing['cfs_quota_us']} of {timing['cfs_period_us']} us): each run's "
+                     f"time is the mean over a {timing['window_s'] * 1000:.0f} ms window of whole quota periods")
     return Measurement(
         target=target.name, source=target.source, emulated=target.emulated,
         runtime={"name": result["runtime"], "version": result.get("runtime_version")},
@@ -333,4 +339,4 @@ def _to_measurement(target: Target, hello: dict[str, Any], result: dict[str, Any
         latency_ms=stats, peak_memory_mb=result.get("peak_memory_mb"), memory_method=result.get("memory_method"),
         model_bytes=side.path.stat().st_size, model_sha256=side.sha, load_ms=result.get("load_ms"), device=device,
         unstable=stats["cv"] > CV_LIMIT, remeasured=remeasured, throttled=_throttled(result),
-        notes=list(result.get("notes", [])), bench_wall_s=result.get("wall_s"))
+        notes=notes, bench_wall_s=result.get("wall_s"))

@@ -20,6 +20,7 @@ ZOO = {"resnet20": {"width": 8}, "mobilenet_v2": {"width": 0.5}}
 FAMILY_MODULE = "tests.conformance.families"
 TRAIN_TARGET = 92.0   # test top-1 a quick train aims at: int8 agreement needs confident logits
 EXTRA_ROUNDS = 2
+RECOVERY_EPOCHS = 2  # on the training images, lr rewound to the training rate (train.finetune_recipe)
 
 
 def family_refs() -> Dict[str, str]:
@@ -46,10 +47,10 @@ def run_family(name: str, work: Path, epochs: int = 1, samples: int = 6000, test
     if not steps["train"]["ok"]:
         return record
     for criterion in CRITERIA:
-        recovery = 1 if recover_all or criterion == CRITERIA[0] else 0
+        recovery = RECOVERY_EPOCHS if recover_all or criterion == CRITERIA[0] else 0
         steps[f"prune-{criterion}"] = _step(
             lambda: _prune(record["arch"], ckpt_path, work / f"{name}-{criterion}.pt", criterion,
-                           train_set.subset(samples // 2), test_set, seed, recovery))
+                           train_set, test_set, seed, recovery))
     pruned = work / f"{name}-{CRITERIA[0]}.pt"
     if not steps[f"prune-{CRITERIA[0]}"]["ok"]:
         return record

@@ -266,6 +266,30 @@ def test_out_of_memory_only_when_the_kernel_says_so(before, after, peak, oom):
     assert killed_for_memory(before, after, peak) is oom
 
 
+class _SleepRunner:
+    def __init__(self, seconds):
+        self.seconds, self.calls = seconds, 0
+
+    def run(self, arrays):
+        self.calls += 1
+        time.sleep(self.seconds)
+
+
+def test_runs_are_timed_alone_or_averaged_over_quota_windows():
+    """Under a CFS quota each run gets its window's mean (the slower CPU the quota stands for,
+    not full-speed bursts and stalls); without one every run is timed alone."""
+    sys.path.insert(0, str(AGENT.parent.parent))
+    from device_agents.agent import _alternating_runs, _timed_runs
+    alone = _timed_runs(_SleepRunner(0.001), None, 20, 0.0, 5.0)
+    assert len(alone) == 20 and len(set(alone)) > 1
+    windowed = _timed_runs(_SleepRunner(0.001), None, 20, 0.0, 5.0, window=0.02)
+    groups = [len(list(g)) for _, g in __import__("itertools").groupby(windowed)]
+    assert len(windowed) >= 20 and len(groups) < len(windowed) and min(groups) >= 5
+    assert all(0.001 <= t < 0.01 for t in windowed)
+    a, b = _alternating_runs((_SleepRunner(0.001), None), (_SleepRunner(0.002), None), 10, 0.0, 5.0, window=0.03)
+    assert len(set(a)) < len(a) and len(set(b)) < len(b) and min(b) > min(a)
+
+
 def test_protocol_mismatch(tmp_path):
     from device_agents.client import AgentClient, AgentOptions, ProtocolMismatchError
     from device_agents.local import LocalTransport
