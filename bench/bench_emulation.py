@@ -42,7 +42,7 @@ def artifacts(workdir: Path) -> dict:
     out = {}
     for key, (arch, kwargs, shape) in MODELS.items():
         model = create_model(arch, in_channels=shape[0], input_size=shape[-1], **kwargs).eval()
-        out[key] = export_artifact(model, workdir / f"{key}-{arch}.onnx")
+        out[key] = export_artifact(model, workdir / f"{key}-{arch}.onnx", input_shape=list(shape))
     return out
 
 

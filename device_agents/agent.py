@@ -96,7 +96,7 @@ HIDE_RUNTIMES_ENV = "EDGEPRUNE_AGENT_HIDE_RUNTIMES"
 READY_LINE = '{"ready": true}\n'
 READY_TIMEOUT_S = 120.0
 BLOCK_S = 0.02  # paired bench: how long each model runs before the other takes its turn
-WINDOW_PERIODS = 10  # under a CFS quota, run times are averaged over this many whole periods
+WINDOW_PERIODS = 50  # under a CFS quota, run times are averaged over this many whole periods
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 TFLITE_DISTS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                 "tensorflow": "tensorflow"}
