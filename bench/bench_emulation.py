@@ -65,7 +65,8 @@ def main() -> int:
                 for key, art in arts.items():
                     m = target.measure(art, use_cache=False)
                     p50[(name, key)].append(m.p50_ms)
-                    timing = timing or m.device.get("timing") if name == "emu" else timing
+                    if name == "emu":
+                        timing = timing or m.device.get("timing")
                     print(f"  {i + 1}/{args.profiles} {name} {key}: p50 {m.p50_ms:.3f} ms", file=sys.stderr, flush=True)
     finally:
         emulate.down(emu.name)

@@ -173,14 +173,19 @@ def finetune_all(ev: Evaluator, rows: List[dict], how: str, target) -> None:
         return
     for i, r in enumerate(rows, start=1):
         t = time.time()
-        model = ev.apply(Proposal(r["spec"], "measure"))
-        recover(model, ev.ckpt.model, ev.data.train.subset(cfg.finetune_samples), ev.ckpt.metadata,
-                RecoveryConfig(cfg.finetune_epochs, cfg.finetune_lr, cfg.distill, cfg.seed + i, False), ev.ckpt.arch)
-        r.update(finetuned_accuracy=evaluate(model, ev.data.val)["top1"],
-                 finetuned_test_accuracy=evaluate(model, ev.data.test)["top1"],
-                 finetune_seconds=round(time.time() - t, 1))
+        val, test = recovered(ev, r["spec"], cfg.seed + i)
+        r.update(finetuned_accuracy=val, finetuned_test_accuracy=test, finetune_seconds=round(time.time() - t, 1))
         print(f"  recover {i}: est {r['estimate_accuracy']:.2f} -> {r['finetuned_accuracy']:.2f} "
               f"({r['finetune_seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+
+def recovered(ev: Evaluator, spec: Dict[str, int], seed: int) -> Tuple[float, float]:
+    """(val, test) top-1 of `spec` after the measure fidelity's recovery with `seed` (no export)."""
+    cfg = ev.cfg
+    model = ev.apply(Proposal(spec, "measure"))
+    recover(model, ev.ckpt.model, ev.data.train.subset(cfg.finetune_samples), ev.ckpt.metadata,
+            RecoveryConfig(cfg.finetune_epochs, cfg.finetune_lr, cfg.distill, seed, False), ev.ckpt.arch)
+    return evaluate(model, ev.data.val)["top1"], evaluate(model, ev.data.test)["top1"]
 
 
 def speed_row(arch: str, rows: List[dict]) -> dict:

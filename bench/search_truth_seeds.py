@@ -1,33 +1,55 @@
-"""The truth's own noise behind bench_search's Spearman: the same 20 specs (argv[1], a
-bench_search results file) fine-tuned again with three more seeds (1 epoch on 2,000 images),
-and the estimate ranked against the mean truth. Writes bench/results/search-truth-seeds.json.
+"""The truth's own noise behind bench_search's Spearman: the ResNet-20 specs of a bench_search
+results file fine-tuned again with more seeds (the same recovery settings, read from the file),
+and the estimate ranked against each seed's truth and against their mean. Needs the checkpoint
+bench_search kept in its --workdir. Writes bench/results/search-truth-seeds.json.
 
-    python bench/search_truth_seeds.py bench/results/search.json   (needs /tmp/bs/resnet20.pt: bench_search --workdir /tmp/bs)
+    python bench/search_truth_seeds.py [bench/results/search.json] [--seeds 3]
 """
-import json, sys, time
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-import torch
-torch.set_num_threads(2)
-import numpy as np
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
 from pathlib import Path
-from bench.bench_search import make_evaluator, spearman, heldout
-from edgeprune.models import load_model
-from edgeprune.search import EvaluatorConfig, Proposal
-from edgeprune.targets import load_target
-from edgeprune.pruning.recovery import RecoveryConfig, recover
-from edgeprune.train import evaluate
-d = json.load(open(sys.argv[1])); rows = d["per_spec"]["resnet20"]
-ckpt = load_model("/tmp/bs/resnet20.pt")
-ev = make_evaluator(ckpt, load_target("x86-ort"), Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/edgeprune-truth-seeds"), EvaluatorConfig())
-truths = {0: [heldout(r) for r in rows]}
-for s in (1000, 2000, 3000):
-    t = []
-    for i, r in enumerate(rows, 1):
-        m = ev.apply(Proposal(r["spec"], "measure"))
-        recover(m, ckpt.model, ev.data.train.subset(2000), ckpt.metadata, RecoveryConfig(1, None, 0.5, s + i, False), ckpt.arch)
-        t.append((evaluate(m, ev.data.val)["top1"] + evaluate(m, ev.data.test)["top1"]) / 2)
-    truths[s] = t
-    est = [r["estimate_accuracy"] for r in rows]
-    avg = np.mean([truths[k] for k in truths], axis=0).tolist()
-    print(len(truths), "seeds: est vs avg", round(spearman(est, avg), 3), "est vs this seed", round(spearman(est, t), 3), flush=True)
-json.dump({"truths": {str(k): v for k, v in truths.items()}, "estimate": [r["estimate_accuracy"] for r in rows]}, open(Path(__file__).resolve().parent / "results" / "search-truth-seeds.json", "w"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench._common import write_json  # noqa: E402
+from bench.bench_search import heldout, make_evaluator, recovered, spearman  # noqa: E402
+from edgeprune.models import load_model  # noqa: E402
+from edgeprune.search import EvaluatorConfig  # noqa: E402
+from edgeprune.targets import load_target  # noqa: E402
+
+
+def main() -> None:
+    args = _args()
+    results = json.loads(Path(args.results).read_text())
+    torch.set_num_threads(results["settings"]["threads"])
+    rows = results["per_spec"]["resnet20"]
+    ckpt = load_model(Path(results["settings"]["workdir"]) / "resnet20.pt")
+    cfg = EvaluatorConfig(**{**results["evaluator"], "ignored": tuple(results["evaluator"]["ignored"])})
+    ev = make_evaluator(ckpt, load_target(results["settings"]["target"]), Path(tempfile.mkdtemp()), cfg)
+    estimate = [r["estimate_accuracy"] for r in rows]
+    truths = {"0": [heldout(r) for r in rows]}  # the results file's own fine-tune
+    for k in range(1, args.seeds + 1):
+        truths[str(1000 * k)] = [sum(recovered(ev, r["spec"], 1000 * k + i)) / 2 for i, r in enumerate(rows, 1)]
+        mean = np.mean(list(truths.values()), axis=0).tolist()
+        print(f"{len(truths)} seeds: estimate vs their mean {spearman(estimate, mean):.3f}, vs this seed "
+              f"{spearman(estimate, truths[str(1000 * k)]):.3f}, this seed vs the first "
+              f"{spearman(truths['0'], truths[str(1000 * k)]):.3f}", flush=True)
+    write_json("search-truth-seeds", {"results": args.results, "truths": truths, "estimate": estimate})
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="?", default="bench/results/search.json")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tunes per spec beyond the file's own")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    main()

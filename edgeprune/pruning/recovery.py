@@ -38,7 +38,7 @@ class RecoveryConfig:
     def batch_size(self, samples: int) -> int:
         """128, or smaller (down to 16) so the fine-tune takes at least `min_steps` steps: one
         epoch of 3000 images at 128 is 23 steps, too few to recover a net pruned to half
-        (GhostNet: 34% after 23 steps, see bench/bench_conformance.py)."""
+        (GhostNet: 34% after 23 steps, tests/conformance)."""
         return int(min(MAX_BATCH, max(MIN_BATCH, samples * self.epochs // max(self.min_steps, 1))))
 
     def __post_init__(self) -> None:
@@ -58,12 +58,13 @@ def recover(model: nn.Module, teacher: Optional[nn.Module], data: LabeledData, m
     recipe = finetune_recipe(metadata, arch)
     if cfg.lr is not None:
         recipe["lr"] = cfg.lr
+    batch_size = cfg.batch_size(len(data))
     if cfg.epochs > 0:
         finetune(model, data, cfg.epochs, recipe["lr"], seed=cfg.seed, progress=cfg.progress,
                  teacher=teacher, distill=cfg.distill if teacher is not None else 0.0,
-                 optimizer=recipe["optimizer"], batch_size=cfg.batch_size(len(data)))
+                 optimizer=recipe["optimizer"], batch_size=batch_size)
         # A short fine-tune leaves the running statistics behind the weights (momentum 0.1
         # over a few hundred steps): measured on the bench's 20 ResNet-20 specs at 50% of the
         # MACs, one epoch of 4000 images gave 83-97% without this pass and 95-97.5% with it.
         recalibrate_bn(model, data)
-    return {"bn_recalibrated": True, **asdict(cfg), "batch_size": cfg.batch_size(len(data)), **recipe}
+    return {"bn_recalibrated": True, **asdict(cfg), "batch_size": batch_size, **recipe}

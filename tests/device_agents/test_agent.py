@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -268,10 +269,9 @@ def test_out_of_memory_only_when_the_kernel_says_so(before, after, peak, oom):
 
 class _SleepRunner:
     def __init__(self, seconds):
-        self.seconds, self.calls = seconds, 0
+        self.seconds = seconds
 
     def run(self, arrays):
-        self.calls += 1
         time.sleep(self.seconds)
 
 
@@ -283,7 +283,7 @@ def test_runs_are_timed_alone_or_averaged_over_quota_windows():
     alone = _timed_runs(_SleepRunner(0.001), None, 20, 0.0, 5.0)
     assert len(alone) == 20 and len(set(alone)) > 1
     windowed = _timed_runs(_SleepRunner(0.001), None, 20, 0.0, 5.0, window=0.02)
-    groups = [len(list(g)) for _, g in __import__("itertools").groupby(windowed)]
+    groups = [len(list(g)) for _, g in itertools.groupby(windowed)]
     assert len(windowed) >= 20 and len(groups) < len(windowed) and min(groups) >= 5
     assert all(0.001 <= t < 0.01 for t in windowed)
     a, b = _alternating_runs((_SleepRunner(0.001), None), (_SleepRunner(0.002), None), 10, 0.0, 5.0, window=0.03)
