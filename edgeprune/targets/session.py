@@ -312,6 +312,7 @@ def _pooled(side: _Artifact, s: dict[str, Any], note: str) -> dict[str, Any]:
     pooled["peak_memory_mb"] = max(memory) if memory else None
     pooled["wall_s"] = sum(r.get("wall_s") or 0.0 for r in results)
     pooled["throttled_before"] = results[0].get("throttled_before")
+    pooled["started_at"] = results[0].get("started_at")
     pooled["notes"] = list(pooled.get("notes", [])) + [note]
     return pooled
 
@@ -325,6 +326,8 @@ def _to_measurement(target: Target, hello: dict[str, Any], result: dict[str, Any
         device["nvpmodel"] = hello["nvpmodel"]
     if target.emulated:
         device["emulation"] = vars(target.emulation)
+    if result.get("started_at") is not None:  # when, on the device's clock, the bench held the device
+        device["bench_span"] = [result["started_at"], result.get("ended_at")]
     notes = list(result.get("notes", []))
     timing = result.get("timing")
     if timing:

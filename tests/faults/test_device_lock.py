@@ -9,7 +9,7 @@ def test_concurrent_benches_are_serialized(faults_ssh, artifacts):
     d = out.details
     assert out.error is None, out.row()
     assert d["overlap_s"] <= 0.0, d  # the device lock: one bench at a time
-    assert d["ratio"] >= 1.6, d
+    assert d["ratio"] >= 1.4, d  # loose: the RPC round trips overlap; bench_faults reports the figure
     # loose (shared CI cores; bench_faults reports the figure): two benches sharing the device's
     # one core at once would double the p50
     assert d["worst_p50_dev"] <= 0.5, d
@@ -27,5 +27,7 @@ def test_concurrent_profile_runs_from_two_hosts_are_serialized(faults_ssh, artif
     d = out.details
     assert out.error is None, out.row()
     assert d["runs_that_waited"] == 1, d  # the other said whom it waited for
-    assert d["ratio"] >= 1.5, d  # loose: CLI start-up overlaps; bench_faults reports the figure
+    assert d["overlap_s"] <= 0.0, d  # the device lock: the two benches did not share the device
+    # loose: the CLIs' start-up, export check and upload overlap; bench_faults reports the figure
+    assert d["ratio"] >= 1.25, d
     assert d["worst_p50_dev"] <= 0.5, d
