@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -59,8 +59,9 @@ def export_artifact(model_or_checkpoint: Any, out: str | Path, precision: str = 
 
 
 def _calibration(src: Source, cfgs: Sequence[ExportConfig], data: Any) -> Optional[np.ndarray]:
-    """NCHW calibration samples for the int8 configs (as many as the largest asks); None if none."""
-    wanted = [cfg.calibration_samples for cfg in cfgs if cfg.precision == "int8"]
+    """NCHW calibration and check samples for the int8 configs (as many as the largest asks);
+    None if none."""
+    wanted = [cfg.calibration_samples + cfg.check_samples for cfg in cfgs if cfg.precision == "int8"]
     if not wanted:
         return None
     data = data if data is not None else src.dataset
@@ -83,6 +84,13 @@ class _Stages:
         if cfg.precision != "int8" or self.calibration is None:
             return None
         return self.calibration[:cfg.calibration_samples]
+
+    def checks(self, cfg: ExportConfig) -> Optional[np.ndarray]:
+        """Held-out samples the int8 float fallback measures agreement on (see ExportConfig)."""
+        if cfg.precision != "int8" or self.calibration is None:
+            return None
+        held_out = self.calibration[cfg.calibration_samples:cfg.calibration_samples + cfg.check_samples]
+        return held_out if len(held_out) else self.samples(cfg)
 
     def onnx(self, cfg: ExportConfig) -> Path:
         key = (cfg.opset, cfg.batch_size, cfg.exporter)
@@ -117,12 +125,13 @@ class _Stages:
 
 def _write(stages: _Stages, cfg: ExportConfig, dst: Path) -> None:
     if cfg.format == "onnx":
-        _finish_onnx(stages.onnx(cfg), dst, cfg, stages.samples(cfg))
+        _finish_onnx(stages.onnx(cfg), dst, cfg, stages.samples(cfg), stages.checks(cfg))
     else:
         _finish_tflite(stages, dst, cfg)
 
 
-def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional[np.ndarray]) -> None:
+def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional[np.ndarray],
+                 checks: Optional[np.ndarray]) -> None:
     if cfg.precision == "fp32":
         dst.write_bytes(fp32.read_bytes())
     elif cfg.precision == "fp16":
@@ -131,7 +140,7 @@ def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional
         onnx_export.quantize_dynamic(fp32, dst, cfg.per_channel)
     else:
         onnx_export.quantize_int8(fp32, dst, calibration, cfg.per_channel, _onnx_float_nodes(fp32, cfg),
-                                  cfg.calibration, cfg.bias_correction)
+                                  cfg.calibration, cfg.bias_correction, cfg.min_agreement, checks)
 
 
 def _onnx_float_nodes(fp32: Path, cfg: ExportConfig) -> List[str]:
@@ -147,11 +156,43 @@ def _finish_tflite(stages: _Stages, dst: Path, cfg: ExportConfig) -> None:
     model = stages.tf_model(cfg)
     samples = stages.samples(cfg)
     samples_nhwc = None if samples is None else tflite_export.nhwc(samples)
-    keep: List[str] = []
-    if cfg.precision == "int8" and (cfg.float_sensitive or cfg.node_precision):
-        keep = _tflite_float_ops(stages, cfg, tflite_export.keras_to_tflite(model, "fp32"))
-    dst.write_bytes(tflite_export.keras_to_tflite(
-        model, cfg.precision, samples_nhwc, cfg.per_channel, cfg.int8_io, keep, cfg.calibration))
+    if cfg.precision != "int8":
+        dst.write_bytes(tflite_export.keras_to_tflite(model, cfg.precision))
+        return
+    float_model = tflite_export.keras_to_tflite(model, "fp32")
+    keep = _tflite_float_ops(stages, cfg, float_model) if cfg.float_sensitive or cfg.node_precision else []
+
+    def build(floated: List[str]) -> bytes:
+        return tflite_export.keras_to_tflite(model, "int8", samples_nhwc, cfg.per_channel, cfg.int8_io,
+                                             [*keep, *floated], cfg.calibration)
+
+    built = build([])
+    if cfg.min_agreement > 0:
+        built = _tflite_fallback(stages, cfg, float_model, keep, built, build)
+    dst.write_bytes(built)
+
+
+def _tflite_fallback(stages: _Stages, cfg: ExportConfig, float_model: bytes, keep: List[str], first: bytes,
+                     build: Callable[[List[str]], bytes]) -> bytes:
+    """TFLite int8 through the measured float fallback (edgeprune.export.fallback)."""
+    from edgeprune.export import _tflite_calibration, fallback
+    from edgeprune.export.runtime import load_runner
+
+    fp32, checks = stages.onnx(cfg), stages.checks(cfg)
+    reference, checks_nhwc = load_runner(fp32).run(checks), tflite_export.nhwc(checks)
+
+    def score(model: bytes) -> Tuple[float, float]:
+        return _tflite_calibration.agreement(model, checks_nhwc, reference)
+
+    def ranked() -> List[List[str]]:
+        costly = fallback.costly_tflite_ops(float_model, first, tflite_export.nhwc(stages.samples(cfg)))
+        return [[op for op in ops if op not in keep] for ops, _ in costly]
+
+    def measured(floated: List[str]) -> Tuple[bytes, Tuple[float, float]]:
+        model = build(floated)
+        return model, score(model)
+
+    return fallback.ladder(first, score(first), cfg.min_agreement, ranked, measured)[0]
 
 
 def _tflite_float_ops(stages: _Stages, cfg: ExportConfig, float_model: bytes) -> List[str]:

@@ -31,6 +31,10 @@ class ExportConfig:
             (squeeze-excite gates and their multiplies, hardswish, the first and the last
             weighted layer; see edgeprune.export.sensitive). TFLite int8 then has float
             input/output.
+        min_agreement: int8: the top-1 agreement with float that the measured float fallback
+            restores (edgeprune.export.fallback), measured on `check_samples`; 0 turns it off.
+        check_samples: int8: how many samples of the data set after the calibration ones the
+            fallback measures agreement on (the calibration ones when the data set has no more).
         calibration_samples: how many samples of the data set calibrate int8.
         calibration: int8 activation ranges: "minmax", "percentile" (ranges at the
             99.999th percentile of the calibration values), or "auto" (minmax, percentile
@@ -52,6 +56,8 @@ class ExportConfig:
     precision: str = "fp32"
     node_precision: Dict[str, str] = field(default_factory=dict)
     float_sensitive: bool = True
+    min_agreement: float = 0.99
+    check_samples: int = 512
     calibration_samples: int = 128
     calibration: str = "auto"
     bias_correction: bool = True
@@ -74,8 +80,10 @@ class ExportConfig:
             raise BadInputError("node_precision overrides need precision='int8'")
         if self.opset < 17:
             raise BadInputError(f"opset must be >= 17, got {self.opset}")
-        if self.calibration_samples < 1 or self.batch_size < 1:
-            raise BadInputError("calibration_samples and batch_size must be >= 1")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise BadInputError(f"min_agreement must be within 0..1, got {self.min_agreement}")
+        if self.calibration_samples < 1 or self.batch_size < 1 or self.check_samples < 0:
+            raise BadInputError("calibration_samples and batch_size must be >= 1, check_samples >= 0")
         if self.input_shape is not None:
             self.input_shape = tuple(int(d) for d in self.input_shape)
             if len(self.input_shape) != 3 or min(self.input_shape) < 1:

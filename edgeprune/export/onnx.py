@@ -145,22 +145,40 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
 
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bool = True,
-                  keep_float: Iterable[str] = (), method: str = "minmax", bias_correction: bool = False) -> str:
+                  keep_float: Iterable[str] = (), method: str = "minmax", bias_correction: bool = False,
+                  min_agreement: float = 0.0, checks: Optional[np.ndarray] = None) -> str:
     """Static QDQ int8 (weights and activations) calibrated on `calibration` (NCHW), with the
     nodes in `keep_float` left in float. Returns the calibration used (recorded in the file's
     metadata as edgeprune.calibration); `method="auto"` measures the candidates first, bias
-    correction among them."""
+    correction among them. Below `min_agreement` top-1 agreement with float on the `checks`
+    samples (the calibration ones if None), the costliest nodes move to float until it agrees
+    (edgeprune.export.fallback)."""
+    from edgeprune.export import fallback
+    from edgeprune.export.runtime import load_runner
+
     model = onnx.load(str(src))
     exclude = resolve_nodes(model, keep_float)
     if method == "auto":
         method = _best_calibration(src, dst, calibration, per_channel, exclude, bias_correction)
     else:
-        with tempfile.TemporaryDirectory(prefix="edgeprune-calibration-") as tmp:
-            source = src
-            if bias_correction:
-                source = _corrected(src, Path(tmp) / "bc.onnx", calibration, per_channel, exclude)
-            _quantize_static(source, dst, calibration, per_channel, exclude, method)
         method += "+bias_correction" if bias_correction else ""
+        quantize_as(src, dst, calibration, per_channel, exclude, method)
+    if min_agreement > 0:
+        checks = calibration if checks is None else checks
+        reference = load_runner(src).run(checks)
+        with tempfile.TemporaryDirectory(prefix="edgeprune-fallback-") as tmp:
+            def build(floated: List[str]) -> Tuple[Path, Tuple[float, float]]:
+                out = Path(tmp) / f"fallback-{len(floated)}.onnx"
+                quantize_as(src, out, calibration, per_channel, [*exclude, *floated], method)
+                return out, _score(out, checks, reference)
+
+            def ranked() -> List[List[str]]:
+                return [[n for n in names if n not in exclude] for names, _ in fallback.costly_nodes(src, dst, calibration)]
+
+            chosen, _, floated = fallback.ladder(dst, _score(dst, checks, reference), min_agreement, ranked, build)
+            if floated:
+                dst.write_bytes(chosen.read_bytes())
+                exclude, method = [*exclude, *floated], f"{method}+float_fallback:{len(floated)}"
     model = onnx.load(str(dst))
     compact_names(model.graph, keep=exclude)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
@@ -168,6 +186,17 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bo
     onnx.save(model, str(dst))
     check_onnx(dst)
     return method
+
+
+def quantize_as(src: Path, dst: Path, calibration: np.ndarray, per_channel: bool, exclude: List[str],
+                 method: str) -> None:
+    """quantize_static under a calibration name as quantize_int8 returns it ("minmax+bias_correction")."""
+    kind, _, extra = method.partition("+")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-calibration-") as tmp:
+        source = src
+        if "bias_correction" in extra:
+            source = _corrected(src, Path(tmp) / "bc.onnx", calibration, per_channel, exclude)
+        _quantize_static(source, dst, calibration, per_channel, exclude, kind)
 
 
 def _quantize_static(src: Path, dst: Path, calibration: np.ndarray, per_channel: bool,
@@ -227,11 +256,16 @@ def _corrected(src: Path, out: Path, calibration: np.ndarray, per_channel: bool,
 def _try_calibration(src: Path, out: Path, calibration: np.ndarray, per_channel: bool, exclude: List[str],
                      method: str, reference: np.ndarray) -> Tuple[Tuple[float, float], Path]:
     """((top-1 agreement, SQNR) with `reference` on the calibration samples, the int8 file)."""
+    _quantize_static(src, out, calibration, per_channel, exclude, method)
+    return _score(out, calibration, reference), out
+
+
+def _score(artifact: Path, calibration: np.ndarray, reference: np.ndarray) -> Tuple[float, float]:
+    """(top-1 agreement, SQNR dB) of `artifact`'s logits with the float `reference` ones."""
     from edgeprune.export.runtime import load_runner
 
-    _quantize_static(src, out, calibration, per_channel, exclude, method)
-    logits = load_runner(out).run(calibration)
-    return (float(np.mean(logits.argmax(1) == reference.argmax(1))), sqnr_db(reference, logits)), out
+    logits = load_runner(artifact).run(calibration)
+    return float(np.mean(logits.argmax(1) == reference.argmax(1))), sqnr_db(reference, logits)
 
 
 def compact_names(graph: onnx.GraphProto, keep: Iterable[str] = ()) -> None:
