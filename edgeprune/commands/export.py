@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all-int8", action="store_true",
                    help="int8: quantize every layer, also the sensitive ones kept in float by default "
                         "(SE gates and multiplies, hardswish, first and last layer); TFLite then has int8 io")
+    p.add_argument("--min-agreement", type=float, default=0.995,
+                   help="int8: move the costliest layers to float until top-1 agreement with float on "
+                        "held-out samples of --data reaches this (0: off; see edgeprune.export.fallback)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--out {out.name} does not match --format {fmt}")
     cfg = ExportConfig(format=fmt, precision=args.precision, calibration_samples=args.calibration_samples,
                        int8_io=not args.float_io, opset=args.opset, calibration=args.calibration,
-                       float_sensitive=not args.all_int8)
+                       float_sensitive=not args.all_int8, min_agreement=args.min_agreement)
     log(f"exporting {args.model} to {fmt} {args.precision} ...")
     path = export(args.model, cfg, out, data=args.data, weights=args.weights)
     result = {"artifact": str(path), "format": fmt, "precision": artifact_precision(path),

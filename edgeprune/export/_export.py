@@ -1,9 +1,10 @@
 """The export verb: model or checkpoint + ExportConfig -> artifact files, each written atomically."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -139,8 +140,14 @@ def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional
     elif cfg.precision == "dynamic":
         onnx_export.quantize_dynamic(fp32, dst, cfg.per_channel)
     else:
+        pinned = onnx_export.resolve_nodes(onnx_export.check_onnx(fp32), _named(cfg, "int8"))
         onnx_export.quantize_int8(fp32, dst, calibration, cfg.per_channel, _onnx_float_nodes(fp32, cfg),
-                                  cfg.calibration, cfg.bias_correction, cfg.min_agreement, checks)
+                                  cfg.calibration, cfg.bias_correction, _fallback_target(cfg), checks, pinned)
+
+
+def _fallback_target(cfg: ExportConfig) -> float:
+    """The agreement the float fallback restores; 0 (off) when the user asked for all-int8."""
+    return cfg.min_agreement if cfg.float_sensitive else 0.0
 
 
 def _onnx_float_nodes(fp32: Path, cfg: ExportConfig) -> List[str]:
@@ -153,43 +160,60 @@ def _onnx_float_nodes(fp32: Path, cfg: ExportConfig) -> List[str]:
 
 
 def _finish_tflite(stages: _Stages, dst: Path, cfg: ExportConfig) -> None:
-    model = stages.tf_model(cfg)
-    samples = stages.samples(cfg)
-    samples_nhwc = None if samples is None else tflite_export.nhwc(samples)
     if cfg.precision != "int8":
-        dst.write_bytes(tflite_export.keras_to_tflite(model, cfg.precision))
+        dst.write_bytes(tflite_export.keras_to_tflite(stages.tf_model(cfg), cfg.precision))
         return
-    float_model = tflite_export.keras_to_tflite(model, "fp32")
-    keep = _tflite_float_ops(stages, cfg, float_model) if cfg.float_sensitive or cfg.node_precision else []
-
-    def build(floated: List[str]) -> bytes:
-        return tflite_export.keras_to_tflite(model, "int8", samples_nhwc, cfg.per_channel, cfg.int8_io,
-                                             [*keep, *floated], cfg.calibration)
-
-    built = build([])
-    if cfg.min_agreement > 0:
-        built = _tflite_fallback(stages, cfg, float_model, keep, built, build)
+    first = _TfliteInt8(stages, cfg)
+    built = first.build([])
+    if _fallback_target(cfg) > 0:
+        built = _tflite_fallback(stages, cfg, built)
     dst.write_bytes(built)
 
 
-def _tflite_fallback(stages: _Stages, cfg: ExportConfig, float_model: bytes, keep: List[str], first: bytes,
-                     build: Callable[[List[str]], bytes]) -> bytes:
-    """TFLite int8 through the measured float fallback (edgeprune.export.fallback)."""
+class _TfliteInt8:
+    """int8 builds of one onnx2tf model: its float TFLite, the ops the rules keep in float, and
+    int8 with more ops kept in float."""
+
+    def __init__(self, stages: _Stages, cfg: ExportConfig):
+        self.cfg, self.model = cfg, stages.tf_model(cfg)
+        self.samples_nhwc = tflite_export.nhwc(stages.samples(cfg))
+        self.float_model = tflite_export.keras_to_tflite(self.model, "fp32")
+        self.keep = _tflite_float_ops(stages, cfg, self.float_model) if cfg.float_sensitive or cfg.node_precision else []
+        self.pinned = _tflite_nodes(stages, cfg, self.float_model, "int8")  # the user's int8 overrides
+
+    def build(self, floated: List[str]) -> bytes:
+        cfg = self.cfg
+        return tflite_export.keras_to_tflite(self.model, "int8", self.samples_nhwc, cfg.per_channel, cfg.int8_io,
+                                             [*self.keep, *floated], cfg.calibration)
+
+
+def _tflite_fallback(stages: _Stages, cfg: ExportConfig, first: bytes) -> bytes:
+    """TFLite int8 through the measured float fallback (edgeprune.export.fallback). Its rungs
+    start from the model without bias correction: a layer moved to float must not keep a bias
+    corrected for int8 rounding it no longer has (measured: a fully floated model at 20 dB)."""
     from edgeprune.export import _tflite_calibration, fallback
     from edgeprune.export.runtime import load_runner
 
     fp32, checks = stages.onnx(cfg), stages.checks(cfg)
     reference, checks_nhwc = load_runner(fp32).run(checks), tflite_export.nhwc(checks)
+    plain: List[_TfliteInt8] = []  # made only when the first artifact disagrees
+
+    def rungs() -> _TfliteInt8:
+        if not plain:
+            plain.append(_TfliteInt8(stages, dataclasses.replace(cfg, bias_correction=False)))
+        return plain[0]
 
     def score(model: bytes) -> Tuple[float, float]:
         return _tflite_calibration.agreement(model, checks_nhwc, reference)
 
     def ranked() -> List[List[str]]:
-        costly = fallback.costly_tflite_ops(float_model, first, tflite_export.nhwc(stages.samples(cfg)))
-        return [[op for op in ops if op not in keep] for ops, _ in costly]
+        base = rungs()
+        costly = fallback.costly_tflite_ops(base.float_model, base.build([]), base.samples_nhwc)
+        pinned = set(base.keep) | set(base.pinned)
+        return [[op for op in ops if op not in pinned] for ops, _ in costly]
 
     def measured(floated: List[str]) -> Tuple[bytes, Tuple[float, float]]:
-        model = build(floated)
+        model = rungs().build(floated)
         return model, score(model)
 
     return fallback.ladder(first, score(first), cfg.min_agreement, ranked, measured)[0]
@@ -198,9 +222,15 @@ def _tflite_fallback(stages: _Stages, cfg: ExportConfig, float_model: bytes, kee
 def _tflite_float_ops(stages: _Stages, cfg: ExportConfig, float_model: bytes) -> List[str]:
     """TFLite op outputs int8 keeps in float (as _onnx_float_nodes, matched in the float model)."""
     auto = sensitive_tflite_ops(float_model) if cfg.float_sensitive else []
-    onnx_model = onnx_export.check_onnx(stages.onnx(cfg))
-    named = lambda p: tflite_export.tflite_nodes_for(onnx_model, float_model, _named(cfg, p))  # noqa: E731
+    named = lambda p: _tflite_nodes(stages, cfg, float_model, p)  # noqa: E731
     return without([*auto, *named("fp32")], named("int8"))
+
+
+def _tflite_nodes(stages: _Stages, cfg: ExportConfig, float_model: bytes, precision: str) -> List[str]:
+    """TFLite op outputs of the layers the user set to `precision`."""
+    if not _named(cfg, precision):
+        return []
+    return tflite_export.tflite_nodes_for(onnx_export.check_onnx(stages.onnx(cfg)), float_model, _named(cfg, precision))
 
 
 def _named(cfg: ExportConfig, precision: str) -> List[str]:

@@ -31,8 +31,9 @@ class ExportConfig:
             (squeeze-excite gates and their multiplies, hardswish, the first and the last
             weighted layer; see edgeprune.export.sensitive). TFLite int8 then has float
             input/output.
-        min_agreement: int8: the top-1 agreement with float that the measured float fallback
-            restores (edgeprune.export.fallback), measured on `check_samples`; 0 turns it off.
+        min_agreement: int8 with float_sensitive: the top-1 agreement with float that the
+            measured float fallback restores (edgeprune.export.fallback), measured on
+            `check_samples`; 0 turns it off. Layers overridden to "int8" stay int8.
         check_samples: int8: how many samples of the data set after the calibration ones the
             fallback measures agreement on (the calibration ones when the data set has no more).
         calibration_samples: how many samples of the data set calibrate int8.
@@ -56,7 +57,7 @@ class ExportConfig:
     precision: str = "fp32"
     node_precision: Dict[str, str] = field(default_factory=dict)
     float_sensitive: bool = True
-    min_agreement: float = 0.99
+    min_agreement: float = 0.995
     check_samples: int = 512
     calibration_samples: int = 128
     calibration: str = "auto"

@@ -25,7 +25,7 @@ import onnx
 
 RANK_SAMPLES = 32
 RUNGS = (1, 2, 4, 8, 16, 32)  # how many of the costliest layers (with their readers) each rung floats
-MIN_COST_DB = 0.5  # below this a node's rounding is noise next to its inputs'
+MIN_COST_DB = 0.1  # below this a node's rounding is noise next to its inputs'
 FLOAT_SQNR_DB = 60.0  # a tensor no int8 op touched yet: its SQNR counts as this, not as infinite
 # Ops that only move or reshape data: floating one only moves the rounding to its reader
 _PLUMBING = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Gather", "Slice",
@@ -58,7 +58,7 @@ def costly_nodes(fp32: Path, qdq: Path, samples: np.ndarray) -> List[Tuple[List[
                     continue
                 signal[name] = signal.get(name, 0.0) + float(np.sum(value.astype(np.float64) ** 2))
                 noise[name] = noise.get(name, 0.0) + float(np.sum((value - other).astype(np.float64) ** 2))
-    nodes = [_Node(n.name, n.op_type in _PLUMBING, list(n.input), list(n.output))
+    nodes = [_Node(n.name, n.op_type in _PLUMBING, list(n.input), list(n.output), _onnx_layer(n.name))
              for n in onnx.load(str(fp32)).graph.node]
     return _ranked(nodes, _sqnr(signal, noise))
 
@@ -97,8 +97,9 @@ def costly_tflite_ops(float_model: bytes, int8_model: bytes,
                 continue
             signal[i] = signal.get(i, 0.0) + float(np.sum(ref ** 2))
             noise[i] = noise.get(i, 0.0) + float(np.sum((ref - got) ** 2))
-    nodes = [_Node(details[int(op["outputs"][0])]["name"], op["op_name"] in _TFLITE_PLUMBING,
-                   [int(i) for i in op["inputs"]], [int(i) for i in op["outputs"]]) for op in ops]
+    names = [details[int(op["outputs"][0])]["name"] for op in ops]
+    nodes = [_Node(name, op["op_name"] in _TFLITE_PLUMBING, [int(i) for i in op["inputs"]],
+                   [int(i) for i in op["outputs"]], _tflite_layer(name)) for name, op in zip(names, ops)]
     return _ranked(nodes, _sqnr(signal, noise))
 
 
@@ -107,13 +108,27 @@ class _Node(NamedTuple):
     plumbing: bool
     inputs: List[Any]
     outputs: List[Any]
+    layer: str  # the source layer the converter made this node from ("" if it cannot tell)
+
+
+def _onnx_layer(name: str) -> str:
+    """"/stages/stages.1/norm/ReduceMean" -> "/stages/stages.1/norm" (the torch module)."""
+    return name.rsplit("/", 1)[0] if name.count("/") > 1 else ""
+
+
+def _tflite_layer(name: str) -> str:
+    """"model_58/layer_normalization_2/moments/mean;..." -> "layer_normalization_2" (the Keras layer)."""
+    parts = name.split(";")[0].split("/")
+    return parts[1] if len(parts) > 2 else ""
 
 
 def _ranked(nodes: List[_Node], sqnr: Dict[Any, float]) -> List[Tuple[List[str], float]]:
     """(names, dB lost) per costly node, costliest first. A node goes to float with the nodes
     that write its inputs and read its output (through plumbing): the rounding sits on a
     tensor, and a quantizer rounds a tensor wherever an int8 node writes or reads it (a fused
-    conv + ReLU rounds after the ReLU; a LayerNorm's rsqrt feeds three multiplies)."""
+    conv + ReLU rounds after the ReLU). Each of them brings the rest of its source layer: a
+    LayerNorm the converter split into ten ops loses its precision on every tensor between
+    them, so it goes to float whole or not at all."""
     readers: Dict[Any, List[_Node]] = {}
     writer: Dict[Any, _Node] = {}
     for node in nodes:
@@ -140,11 +155,18 @@ def _ranked(nodes: List[_Node], sqnr: Dict[Any, float]) -> List[Tuple[List[str],
         for t in node.outputs:
             if t not in known and ins:
                 known[t] = min(ins)
+    layers: Dict[str, List[str]] = {}
+    for node in nodes:
+        if node.layer:
+            layers.setdefault(node.layer, []).append(node.name)
+    layer_of = {node.name: node.layer for node in nodes}
     costs = []
     for node in nodes:
         cost = _cost([known[t] for t in node.inputs if t in known], [sqnr[t] for t in node.outputs if t in sqnr])
         if not node.plumbing and cost is not None:
-            costs.append((list(dict.fromkeys([*upstream(node), *downstream(node)])), cost))
+            group = [*upstream(node), *downstream(node)]
+            whole = [m for name in group for m in layers.get(layer_of[name], [name])]
+            costs.append((list(dict.fromkeys([*group, *whole])), cost))
     return sorted(costs, key=lambda c: -c[1])
 
 
@@ -186,8 +208,12 @@ def ladder(first: T, score: Score, min_agreement: float, candidates: Callable[[]
         return first, score, []
     groups = [g for g in candidates() if g]
     best: Tuple[T, Score, List[str]] = (first, score, [])
+    tried: List[List[str]] = []
     for count in sorted({min(c, len(groups)) for c in RUNGS} - {0}):
         floated = list(dict.fromkeys(name for group in groups[:count] for name in group))
+        if floated in tried:  # the next groups were inside the first ones
+            continue
+        tried.append(floated)
         artifact, measured = build(floated)
         if measured > best[1]:
             best = (artifact, measured, floated)

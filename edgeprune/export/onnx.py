@@ -146,13 +146,14 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bool = True,
                   keep_float: Iterable[str] = (), method: str = "minmax", bias_correction: bool = False,
-                  min_agreement: float = 0.0, checks: Optional[np.ndarray] = None) -> str:
+                  min_agreement: float = 0.0, checks: Optional[np.ndarray] = None,
+                  keep_int8: Iterable[str] = ()) -> str:
     """Static QDQ int8 (weights and activations) calibrated on `calibration` (NCHW), with the
     nodes in `keep_float` left in float. Returns the calibration used (recorded in the file's
     metadata as edgeprune.calibration); `method="auto"` measures the candidates first, bias
     correction among them. Below `min_agreement` top-1 agreement with float on the `checks`
-    samples (the calibration ones if None), the costliest nodes move to float until it agrees
-    (edgeprune.export.fallback)."""
+    samples (the calibration ones if None), the costliest nodes (less `keep_int8`) move to float
+    until it agrees (edgeprune.export.fallback)."""
     from edgeprune.export import fallback
     from edgeprune.export.runtime import load_runner
 
@@ -173,7 +174,8 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bo
                 return out, _score(out, checks, reference)
 
             def ranked() -> List[List[str]]:
-                return [[n for n in names if n not in exclude] for names, _ in fallback.costly_nodes(src, dst, calibration)]
+                pinned = {*exclude, *keep_int8}
+                return [[n for n in names if n not in pinned] for names, _ in fallback.costly_nodes(src, dst, calibration)]
 
             chosen, _, floated = fallback.ladder(dst, _score(dst, checks, reference), min_agreement, ranked, build)
             if floated:

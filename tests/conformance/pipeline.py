@@ -130,7 +130,7 @@ def _prune(arch: str, src: Path, dst: Path, criterion: str, train_set, test_set,
 def _export_verify(model, out: Path, fmt: str, precision: str, train_set, test_set) -> Dict[str, Any]:
     from edgeprune.export import ExportConfig, export, verify
 
-    artifact = export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set.subset(256))
+    artifact = export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set)  # 128 + 512 checks
     check = verify(artifact, model, data=test_set).to_dict()
     return {"bytes": Path(artifact).stat().st_size, "top1_agreement": check["top1_agreement"],
             "accuracy": check["accuracy"], "reference_accuracy": check["reference_accuracy"],

@@ -40,10 +40,8 @@ def _outlier_net(train) -> Checkpoint:
     return Checkpoint(model=net.eval(), arch="outlier-net", metadata=meta)
 
 
-# TFLite measured 0.96 here: its ranking finds the outlier's conv and neighbours, but rounds
-# the outlier tensor once more where the quantizer splits the graph; the gain is the check.
-@pytest.mark.parametrize("fmt, agreement", [("onnx", 0.98), ("tflite", 0.95)])
-def test_outlier_layer_goes_to_float_until_int8_agrees(tmp_path, mnist_train, mnist_test, fmt, agreement):
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_outlier_layer_goes_to_float_until_int8_agrees(tmp_path, mnist_train, mnist_test, fmt):
     net = _outlier_net(mnist_train)
     data = mnist_train.subset(384)
     plain = export(net, ExportConfig(format=fmt, precision="int8", min_agreement=0.0, **CHECK),
@@ -52,7 +50,7 @@ def test_outlier_layer_goes_to_float_until_int8_agrees(tmp_path, mnist_train, mn
     before, after = (verify(p, net, mnist_test, samples=500) for p in (plain, fixed))
     assert after.reference_accuracy > 0.6, after.to_dict()  # a classifier, not near-tied logits
     assert before.top1_agreement < 0.9, before.to_dict()  # the fault is real
-    assert after.top1_agreement >= agreement, after.to_dict()
+    assert after.top1_agreement >= 0.98, after.to_dict()
     assert len(float_layers(fixed)) > len(float_layers(plain)), (float_layers(plain), float_layers(fixed))
     assert artifact_precision(fixed) == "mixed"  # the other layers stay int8
 

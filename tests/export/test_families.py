@@ -98,13 +98,15 @@ def trained(mnist32):
 
 @pytest.fixture(scope="session")
 def int8_artifacts(trained, mnist32, tmp_path_factory):
-    """ONNX and TFLite int8 of a trained model, one conversion for both, made offline."""
+    """ONNX and TFLite int8 of a trained model, one conversion for both, made offline. The float
+    fallback is off: these tests check the rules (test_fallback checks the fallback)."""
     cache = {}
     out = tmp_path_factory.mktemp("families")
 
     def get(name: str):
         if name not in cache:
-            jobs = {out / f"{name}.{fmt}": ExportConfig(format=fmt, precision="int8") for fmt in ("onnx", "tflite")}
+            jobs = {out / f"{name}.{fmt}": ExportConfig(format=fmt, precision="int8", min_agreement=0.0)
+                    for fmt in ("onnx", "tflite")}
             with pytest.MonkeyPatch.context() as mp:
                 block_network(mp)
                 onnx_path, tflite_path = export_many(trained(name), jobs, data=mnist32[0].subset(256))
@@ -169,7 +171,7 @@ def test_silu_is_not_a_gate_but_se_sigmoid_is(tmp_path):
 def test_all_int8_opt_out_and_override(trained, mnist32, tmp_path):
     ckpt = trained("grouped")
     jobs = {tmp_path / "all.onnx": ExportConfig(precision="int8", float_sensitive=False),
-            tmp_path / "first.onnx": ExportConfig(precision="int8", node_precision={"5": "int8"})}
+            tmp_path / "first.onnx": ExportConfig(precision="int8", node_precision={"5": "int8"}, min_agreement=0.0)}
     full, first_only = export_many(ckpt, jobs, data=mnist32[0].subset(128))
     assert float_layers(full) == [] and float_layers(first_only) == ["/0/0.0/Conv"]
     meta = {p.key: p.value for p in onnx.load(str(full)).metadata_props}
