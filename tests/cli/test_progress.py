@@ -60,5 +60,7 @@ def test_training_logs_to_a_pipe_are_plain_lines():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "\r" not in out.stderr and "\x1b" not in out.stderr
-    lines = out.stderr.splitlines()
-    assert [line.split(" loss=")[0] for line in lines] == ["epoch 1/2: 4/4", "epoch 2/2: 4/4"]
+    lines = [line.split(" loss=")[0] for line in out.stderr.splitlines()]
+    # one line at each epoch's end; a slow (loaded) machine adds periodic lines within an epoch
+    assert [line for line in lines if line.endswith(": 4/4")] == ["epoch 1/2: 4/4", "epoch 2/2: 4/4"], lines
+    assert all(line.startswith(("epoch 1/2: ", "epoch 2/2: ")) for line in lines), lines
