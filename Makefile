@@ -32,10 +32,12 @@ system-deps:
 demo: install system-deps
 	$(VENV)/bin/edgeprune demo
 
+# every test, conformance included, as pytest units on two lanes (tests/lanes.py);
+# with PYTEST_ARGS, one plain pytest run with them
 test: install system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) tests/lanes.py $(PYTEST_ARGS)
 
-# the user-family conformance suite (tests/conformance); not yet part of `make test`
+# the user-family conformance suite (tests/conformance) alone
 conformance: install system-deps
 	$(PY) -m pytest -m conformance tests/conformance $(PYTEST_ARGS)
 

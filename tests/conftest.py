@@ -12,9 +12,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+# torch threads per test: 2, or OMP_NUM_THREADS where set (tests/lanes.py sets 1 when two
+# pytest units share the 2 cores: two threads each spin against the other unit's)
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 2)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 

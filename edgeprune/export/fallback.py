@@ -25,6 +25,9 @@ import onnx
 
 RANK_SAMPLES = 32
 RUNGS = (1, 2, 4, 8, 16, 32)  # how many of the costliest layers (with their readers) each rung floats
+# a rung may float at most this share of the nodes int8 costs anything: past it the artifact is
+# a float model in all but name (a conformance Inception went to 36 of 36 convs floated)
+MAX_FLOAT_SHARE = 0.75
 MIN_COST_DB = 0.1  # below this a node's rounding is noise next to its inputs'
 FLOAT_SQNR_DB = 60.0  # a tensor no int8 op touched yet: its SQNR counts as this, not as infinite
 # Ops that only move or reshape data: floating one only moves the rounding to its reader
@@ -203,16 +206,20 @@ def _all_tensors(path: Path) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
 def ladder(first: T, score: Score, min_agreement: float, candidates: Callable[[], Sequence[List[str]]],
            build: Callable[[List[str]], Tuple[T, Score]]) -> Tuple[T, Score, List[str]]:
     """(artifact, its score, layers floated): `first` when it agrees, else the first rung of the
-    costliest `candidates` (groups of layers) that does, else the best rung measured."""
+    costliest `candidates` (groups of layers) that does, else the best rung measured. No rung
+    floats more than MAX_FLOAT_SHARE of the candidates' nodes: the artifact stays int8 at heart."""
     if min_agreement <= 0 or score[0] >= min_agreement:
         return first, score, []
     groups = [g for g in candidates() if g]
+    limit = MAX_FLOAT_SHARE * len({name for group in groups for name in group})
     best: Tuple[T, Score, List[str]] = (first, score, [])
     tried: List[List[str]] = []
     for count in sorted({min(c, len(groups)) for c in RUNGS} - {0}):
         floated = list(dict.fromkeys(name for group in groups[:count] for name in group))
         if floated in tried:  # the next groups were inside the first ones
             continue
+        if tried and len(floated) > limit:  # the first rung always runs, the others within the share
+            break
         tried.append(floated)
         artifact, measured = build(floated)
         if measured > best[1]:

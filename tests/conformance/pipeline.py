@@ -54,10 +54,14 @@ def run_family(name: str, work: Path, epochs: int = 1, samples: int = 6000, test
     pruned = work / f"{name}-{CRITERIA[0]}.pt"
     if not steps[f"prune-{CRITERIA[0]}"]["ok"]:
         return record
-    for fmt, precision in ARTIFACTS:
-        out = work / f"{name}-{precision}.{fmt}"
+    model = _load(record["arch"], pruned)
+    outs = {(fmt, precision): work / f"{name}-{precision}.{fmt}" for fmt, precision in ARTIFACTS}
+    made = _step(lambda: _export_all(model, outs, train_set))
+    for (fmt, precision), out in outs.items():
         steps[f"{fmt}-{precision}"] = _step(
-            lambda: _export_verify(_load(record["arch"], pruned), out, fmt, precision, train_set, test_set))
+            lambda: _verify(model, out, test_set) if made["ok"] else _export_verify(model, out, fmt, precision,
+                                                                                      train_set, test_set))
+    steps["export"] = made  # the shared conversion; each artifact's step adds its verification
     steps["profile"] = _step(lambda: _profile(work / f"{name}-fp32.onnx", work / f"{name}-int8.onnx"))
     return record
 
@@ -127,10 +131,27 @@ def _prune(arch: str, src: Path, dst: Path, criterion: str, train_set, test_set,
             "params_kept": round(after / before, 3), "notes": notes}
 
 
-def _export_verify(model, out: Path, fmt: str, precision: str, train_set, test_set) -> Dict[str, Any]:
-    from edgeprune.export import ExportConfig, export, verify
+def _export_all(model, outs: Dict[tuple, Path], train_set) -> Dict[str, Any]:
+    """The four artifacts from one export_many call: one ONNX graph and one onnx2tf conversion
+    for both TFLite precisions (int8 takes 128 calibration + 512 check images of train_set)."""
+    from edgeprune.export import ExportConfig, export_many
 
-    artifact = export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set)  # 128 + 512 checks
+    export_many(model, {out: ExportConfig(format=fmt, precision=precision)
+                        for (fmt, precision), out in outs.items()}, data=train_set)
+    return {}
+
+
+def _export_verify(model, out: Path, fmt: str, precision: str, train_set, test_set) -> Dict[str, Any]:
+    """One artifact alone: after export_many failed, each step records its own error."""
+    from edgeprune.export import ExportConfig, export
+
+    export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set)
+    return _verify(model, out, test_set)
+
+
+def _verify(model, artifact: Path, test_set) -> Dict[str, Any]:
+    from edgeprune.export import verify
+
     check = verify(artifact, model, data=test_set).to_dict()
     return {"bytes": Path(artifact).stat().st_size, "top1_agreement": check["top1_agreement"],
             "accuracy": check["accuracy"], "reference_accuracy": check["reference_accuracy"],

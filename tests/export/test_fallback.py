@@ -56,7 +56,7 @@ def test_outlier_layer_goes_to_float_until_int8_agrees(tmp_path, mnist_train, mn
 
 
 def test_ladder_stops_at_the_first_rung_that_agrees():
-    groups = [["a"], ["b", "b2"], ["c"], ["d"], ["e"]]
+    groups = [["a"], ["b", "b2"], ["c"], ["d"], ["e"], ["f"], ["g"], ["h"], ["i"], ["j"]]
     built = []
 
     def build(floated):
@@ -70,12 +70,26 @@ def test_ladder_stops_at_the_first_rung_that_agrees():
 
 def test_ladder_keeps_the_best_rung_when_none_agrees_and_skips_a_passing_artifact():
     def build(floated):
-        return f"art{len(floated)}", ({1: 0.7, 2: 0.9, 3: 0.8}[len(floated)], 0.0)
+        return f"art{len(floated)}", ({1: 0.7, 2: 0.9, 4: 0.8}[len(floated)], 0.0)
 
-    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: [["a"], ["b"], ["c"]], build)
+    groups = [["a"], ["b"], ["c"], ["d"], ["e"], ["f"]]
+    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: groups, build)
     assert (art, score[0], floated) == ("art2", 0.9, ["a", "b"])
 
     def never():
         raise AssertionError("ranked although the artifact agrees")
 
     assert ladder("first", (0.995, 30.0), 0.99, never, build) == ("first", (0.995, 30.0), [])
+
+
+def test_ladder_never_floats_more_than_three_quarters_of_the_costly_nodes():
+    """Floating every layer would agree, but the artifact would be a float model labelled int8."""
+    built = []
+
+    def build(floated):
+        built.append(floated)
+        return f"art{len(floated)}", ((1.0 if len(floated) == 4 else 0.6 + 0.1 * len(floated)), 0.0)
+
+    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: [["a"], ["b"], ["c"], ["d"]], build)
+    assert built == [["a"], ["a", "b"]]
+    assert (art, score[0], floated) == ("art2", 0.8, ["a", "b"])

@@ -28,6 +28,10 @@ def test_concurrent_profile_runs_from_two_hosts_are_serialized(faults_ssh, artif
     assert out.error is None, out.row()
     assert d["runs_that_waited"] == 1, d  # the other said whom it waited for
     assert d["overlap_s"] <= 0.0, d  # the device lock: the two benches did not share the device
-    # loose: the CLIs' start-up, export check and upload overlap; bench_faults reports the figure
-    assert d["ratio"] >= 1.25, d
+    # the pair's wall time holds both benches end to end (each at least --min-seconds); no
+    # ratio to a lone run here: beside other tests the CLIs' start-up varies by seconds, and
+    # bench_faults reports the ratio on a quiet machine
+    (pair,) = d["rounds"]
+    assert all(b >= 2.0 for b in pair["pair_bench_s"]), pair
+    assert pair["pair_s"] >= sum(pair["pair_bench_s"]), pair
     assert d["worst_p50_dev"] <= 0.5, d
