@@ -44,7 +44,7 @@ def units() -> List[Tuple[str, List[str]]]:
             *((f"conformance[{f}]", [f"{CONFORMANCE}[{f}]"]) for f in families)]
 
 
-def run_unit(name: str, args: List[str], logs: Path) -> Tuple[str, int, Path, float]:
+def run_unit(name: str, args: List[str], logs: Path) -> Tuple[str, int]:
     log = logs / f"{name}.log"
     start = time.time()
     print(f"[lanes] start {name}", flush=True)
@@ -52,15 +52,14 @@ def run_unit(name: str, args: List[str], logs: Path) -> Tuple[str, int, Path, fl
         # its own --basetemp: pytest prunes old numbered temp folders, and the units run at once
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-rsxX", f"--basetemp={logs / (name + '-tmp')}",
                               *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=_env())
-    seconds = time.time() - start
-    print(f"[lanes] {'passed' if rc == 0 else f'FAILED (exit {rc})'} {name} in {seconds:.0f} s: "
-          f"{_summary(log)}", flush=True)
     text = log.read_text(errors="replace")
+    print(f"[lanes] {'passed' if rc == 0 else f'FAILED (exit {rc})'} {name} in {time.time() - start:.0f} s: "
+          f"{_summary(text)}", flush=True)
     if rc != 0:
         print(text, flush=True)
     elif SHORT_SUMMARY in text:  # skips and expected failures, with their reasons
         print(text[text.index(SHORT_SUMMARY):].rsplit("\n", 2)[0], flush=True)
-    return name, rc, log, seconds
+    return name, rc
 
 
 def _env() -> dict:
@@ -70,8 +69,8 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"} if LANES > 1 else dict(os.environ)
 
 
-def _summary(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+def _summary(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip("= ") if lines else "(no output)"
 
 
@@ -81,7 +80,7 @@ def main(argv: List[str]) -> int:
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="edgeprune-lanes-") as tmp, ThreadPoolExecutor(LANES) as pool:
         done = list(pool.map(lambda unit: run_unit(*unit, Path(tmp)), units()))
-    failed = [(name, rc) for name, rc, _, _ in done if rc != 0]
+    failed = [(name, rc) for name, rc in done if rc != 0]
     print(f"[lanes] {len(done) - len(failed)} of {len(done)} units passed on {LANES} lanes in "
           f"{time.time() - start:.0f} s" + (f"; failed: {', '.join(n for n, _ in failed)}" if failed else ""))
     return failed[0][1] if failed else 0

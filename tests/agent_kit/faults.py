@@ -575,10 +575,10 @@ def _profile_round(profile: Path, artifact: Path, folder: Path, i: int, min_seco
     start = time.monotonic()
     procs = [_profile_run(profile, artifact, folder / f"host{i}-{k}", min_seconds) for k in range(2)]
     done = [_finish(p) for p in procs]
+    spans = [d[1]["device"]["bench_span"] for d in done]
     return {"lone_s": lone_s, "pair_s": max(d[0] for d in done) - start, "lone_p50_ms": lone["latency_ms"]["p50"],
             "pair_p50_ms": [d[1]["latency_ms"]["p50"] for d in done],
-            "pair_overlap_s": _overlap([d[1]["device"]["bench_span"] for d in done]),
-            "pair_bench_s": [end - start for start, end in (d[1]["device"]["bench_span"] for d in done)],
+            "pair_overlap_s": _overlap(spans), "pair_bench_s": [end - begin for begin, end in spans],
             "waited": ["waiting for the device, held by" in d[2] for d in done]}
 
 
