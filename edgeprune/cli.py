@@ -25,7 +25,7 @@ from edgeprune.errors import EdgePruneError, TargetUnreachableError
 # The order here is the order of `edgeprune --help`.
 COMMANDS = (
     "models", "train", "analyze", "prune", "export", "targets", "emulate",
-    "profile", "verify", "compress", "methods", "demo",
+    "profile", "verify", "compress", "lut", "methods", "demo",
 )
 DEBUG_ENV = "EDGEPRUNE_DEBUG"
 # Exceptions raised from these packages mean the device or the link to it failed (exit 3).

@@ -50,6 +50,8 @@ class CompressConfig:
         evaluation: how candidates are built and measured (precision, runs, threads,
             recovery, round_to, ignored layers, seed): see EvaluatorConfig.
         allow_untrained: accept a baseline at chance-level accuracy (random weights).
+        lut: "auto" predicts latency with the target's latency table for this model when one
+            was built (`edgeprune lut build`), else with the FLOPs proxy; "off" always the proxy.
     """
 
     policy: str
@@ -60,11 +62,14 @@ class CompressConfig:
     data: Optional[str] = None
     evaluation: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     allow_untrained: bool = False
+    lut: str = "auto"
     version: int = 2
 
     def __post_init__(self) -> None:
         if isinstance(self.evaluation, dict):  # read back from run.json
             self.evaluation = EvaluatorConfig(**self.evaluation)
+        if self.lut not in ("auto", "off"):
+            raise BadInputError(f"lut must be auto or off, got {self.lut!r}")
         self.policy_obj: Policy = make_policy(self.policy, parse_budget(self.policy, self.budget), self.tolerance)
 
     @property
@@ -105,6 +110,7 @@ def compress(model: Union[str, Path, Checkpoint], target: Any, cfg: CompressConf
     job = _make_job(model, target, cfg, Path(out_dir), resume, progress)
     evaluator = Evaluator(job.ckpt, target, job.out, job.data, cfg.policy_obj, cfg.evaluation, job.log, progress)
     with target.session():
+        evaluator.table = _latency_table(job)
         history = _open_history(job, evaluator, resume)
         searcher = create_searcher(cfg.method, _context(job, evaluator))
         bar = progress_bar(total=None, initial=len(history) - 1, desc=f"compress ({cfg.method})", enabled=progress)
@@ -112,6 +118,25 @@ def compress(model: Union[str, Path, Checkpoint], target: Any, cfg: CompressConf
         bar.close()
         final = cfg.policy_obj.select(history.candidates, history.baseline)
         return _finish(job, evaluator, history, final, time.time() - start)
+
+
+def _latency_table(job: _Job) -> Any:
+    """The target's latency table for this model, precision and channel multiple, if one was
+    built (a table built for another device, runtime, version or thread count is never used)."""
+    if job.cfg.lut == "off":
+        return None
+    from edgeprune.targets.lut import TableBuilder
+
+    e = job.cfg.evaluation
+    table = TableBuilder(job.ckpt.model, job.ckpt.input_shape, job.target, e.precision, e.round_to).load()
+    if table is None:
+        job.log(f"no latency table for this model on {job.target.name} at {e.precision}: candidates not "
+                "measured are placed by the FLOPs proxy (build one with `edgeprune lut build`)")
+    else:
+        err = table.error()
+        job.log(f"using the {table.describe()} ({err['within_10pct']} of {err['samples']} {err['measured_on']} "
+                "within +-10%); predictions choose where to look, measurements decide")
+    return table
 
 
 def drive(searcher, evaluator: Evaluator, history: History,
@@ -201,7 +226,9 @@ def _open_history(job: _Job, evaluator: Evaluator, resume: bool) -> History:
 
 
 def _context(job: _Job, evaluator: Evaluator) -> SearchContext:
-    return _context_of(job.ckpt, job.cfg, job.data.calibration, evaluator.load_state, job.log)
+    ctx = _context_of(job.ckpt, job.cfg, job.data.calibration, evaluator.load_state, job.log)
+    ctx.predict_latency = evaluator.predict_latency if evaluator.table is not None else None
+    return ctx
 
 
 def _context_of(ckpt: Checkpoint, cfg: CompressConfig, calibration, load_state=lambda i: None,
@@ -243,7 +270,7 @@ def _finish(job: _Job, evaluator: Evaluator, history: History, final: Candidate,
         "artifacts": {k: (str(v) if v else None) for k, v in artifacts.items()},
         "verification": verifications.get(evaluator.fmt), "verifications": verifications,
         "iterations": len(history) - 1, "final_iteration": final.iteration,
-        "search": _search_summary(history), "wall_seconds": round(wall, 1),
+        "search": _search_summary(history, evaluator.table), "wall_seconds": round(wall, 1),
     }
     atomic_write_bytes(job.out / "result.json", (json.dumps(result, indent=2) + "\n").encode())
     write_reports(job.out, result, history.candidates, channel_spec(job.ckpt.model), channel_spec(model))
@@ -271,11 +298,11 @@ def _summary(job: _Job, model, c: Candidate, measurement: Dict[str, Any]) -> Dic
             "measurement": measurement}
 
 
-def _search_summary(history: History) -> Dict[str, Any]:
+def _search_summary(history: History, table: Any = None) -> Dict[str, Any]:
     """How the method spent its effort: estimates against measurements on the target."""
     return {"estimates": len(history.at("estimate")),
             "measurements": len(history.at("measure")) + len(history.at("latency")),
-            "predictor_error": predictor_error(history)}
+            "predictor_error": predictor_error(history, table)}
 
 
 def _line(c: Candidate) -> str:

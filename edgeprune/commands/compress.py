@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-untrained", action="store_true",
                    help="accept a baseline at chance-level accuracy (random weights)")
+    p.add_argument("--lut", choices=("auto", "off"), default="auto",
+                   help="auto: predict latency with the target's latency table when one was built "
+                        "(`edgeprune lut build`); off: the FLOPs proxy (default auto)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
     p.add_argument("--json", action="store_true")
@@ -48,7 +51,7 @@ def run(args) -> int:
                                  seed=args.seed, **_evaluation_overrides(args))
     cfg = CompressConfig(policy=args.policy, budget=args.budget, tolerance=args.tolerance, method=args.method,
                          method_options=_method_options(args), data=args.data, evaluation=evaluation,
-                         allow_untrained=args.allow_untrained)
+                         allow_untrained=args.allow_untrained, lut=args.lut)
     result = compress(ckpt, target, cfg, args.out, resume=args.resume)
     if args.json:
         emit_json(result)

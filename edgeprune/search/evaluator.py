@@ -95,9 +95,11 @@ class Evaluator:
     """Builds and judges proposals for one run in `out` (states/, candidates/)."""
 
     def __init__(self, ckpt: Checkpoint, target: Any, out: Path, data: Splits, policy: Policy,
-                 cfg: EvaluatorConfig, log: Callable[[str], None] = lambda m: None, progress: bool = False) -> None:
+                 cfg: EvaluatorConfig, log: Callable[[str], None] = lambda m: None, progress: bool = False,
+                 table: Any = None) -> None:
         self.ckpt, self.target, self.out, self.data = ckpt, target, Path(out), data
         self.policy, self.cfg, self.log, self.progress = policy, cfg, log, progress
+        self.table = table  # the target's latency table for this model (targets.lut), or None
         self.baseline_candidate: Optional[Candidate] = None
         self.proxy: Optional[MacsProxy] = None
         self.counts = {"estimate": 0, "measure": 0, "latency": 0}
@@ -153,7 +155,7 @@ class Evaluator:
         report = analyze(model, self.ckpt.input_shape)
         c = Candidate(iteration, p, "", accuracy=evaluate(model, self.data.val)["top1"],
                       params=report.params, macs=report.macs, artifact_bytes=report.model_bytes[self.cfg.precision])
-        self._predict(c)
+        self._predict(c, model)
         return c
 
     def _measure(self, p: Proposal, iteration: int, seed: int) -> Candidate:
@@ -175,7 +177,7 @@ class Evaluator:
         report = analyze(model, self.ckpt.input_shape)
         c = Candidate(iteration, p, "", params=report.params, macs=report.macs,
                       artifact_bytes=artifact.stat().st_size, artifact=None, **self.measure_artifact(artifact))
-        self._predict(c)
+        self._predict(c, model)
         return c
 
     # ------------------------------------------------------------------ parts
@@ -195,15 +197,34 @@ class Evaluator:
         c = Candidate(iteration, p, "", accuracy=evaluate(model, self.data.val)["top1"],
                       params=report.params, macs=report.macs, artifact_bytes=artifact.stat().st_size,
                       artifact=str(artifact.relative_to(self.out)))
-        if self.proxy is not None and iteration:
-            c.extra["predicted_p50_ms"] = self.proxy.predict(c.macs)
+        predicted = self.predict_latency(model) if iteration else None
+        if predicted is not None:
+            c.extra["predicted_p50_ms"], c.extra["predicted_by"] = predicted, "latency table"
+        elif self.proxy is not None and iteration:
+            c.extra["predicted_p50_ms"], c.extra["predicted_by"] = self.proxy.predict(c.macs), "proxy"
         for key, value in self.measure_artifact(artifact).items():
             setattr(c, key, value)
         return c
 
-    def _predict(self, c: Candidate) -> None:
-        """Latency from the FLOPs proxy for a candidate the target did not run."""
-        if c.p50_ms is None and self.proxy is not None:
+    def predict_latency(self, model: nn.Module) -> Optional[float]:
+        """The latency table's p50 for `model`, anchored at the baseline measured in this run
+        (baseline x the table's ratio of the two); None without a table or a measured baseline."""
+        base = self.baseline_candidate
+        if self.table is None or base is None or not base.p50_ms:
+            return None
+        from edgeprune.targets.lut import predicted_measurement
+
+        return predicted_measurement(self.table, model, self.ckpt.input_shape, self.target.name, base.p50_ms).p50_ms
+
+    def _predict(self, c: Candidate, model: Optional[nn.Module] = None) -> None:
+        """Latency for a candidate the target did not run: from the latency table when there is
+        one (`source: predicted`), else from the FLOPs proxy (`source: proxy`)."""
+        if c.p50_ms is not None:
+            return
+        predicted = self.predict_latency(model) if model is not None else None
+        if predicted is not None:
+            c.p50_ms, c.source, c.extra["predicted_by"] = predicted, "predicted", "latency table"
+        elif self.proxy is not None:
             c.p50_ms, c.source = self.proxy.predict(c.macs), "proxy"
 
     def measure_artifact(self, artifact: Path) -> Dict[str, Any]:
@@ -266,12 +287,18 @@ class Evaluator:
         save_checkpoint(self.state_path(iteration), model, self.ckpt.arch, self.ckpt.arch_kwargs, self.ckpt.metadata)
 
 
-def predictor_error(history: History) -> Optional[Dict[str, Any]]:
-    """How far the proxy's predictions fell from the measurements that followed them."""
-    pairs = [(c.extra["predicted_p50_ms"], c.comparable_p50(history.baseline)) for c in history.measured()
-             if c.extra.get("predicted_p50_ms") and c.measured and c.p50_ms]
-    if not pairs:
-        return None
-    errors = sorted(abs(p - m) / m for p, m in pairs)
-    return {"source": "proxy", "compared": len(errors), "median_abs_error": round(errors[len(errors) // 2], 4),
-            "within_10pct": round(sum(e <= 0.10 for e in errors) / len(errors), 3)}
+def predictor_error(history: History, table: Any = None) -> Optional[Dict[str, Any]]:
+    """How far the predictions (latency table or FLOPs proxy) fell from the measurements that
+    followed them; with a table, also the table's own measured error (lut check)."""
+    pairs = [(c.extra["predicted_p50_ms"], c.comparable_p50(history.baseline), c.extra.get("predicted_by", "proxy"))
+             for c in history.measured() if c.extra.get("predicted_p50_ms") and c.measured and c.p50_ms]
+    found: Dict[str, Any] = {}
+    if pairs:
+        errors = sorted(abs(p - m) / m for p, m, _ in pairs)
+        found = {"source": pairs[-1][2], "compared": len(errors),
+                 "median_abs_error": round(errors[len(errors) // 2], 4),
+                 "within_10pct": round(sum(e <= 0.10 for e in errors) / len(errors), 3)}
+    if table is not None:
+        found.setdefault("source", "latency table")
+        found["table"] = {**table.error(), "kernels": len(table.kernels), "measurements": table.measurements}
+    return found or None

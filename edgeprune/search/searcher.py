@@ -34,6 +34,8 @@ class SearchContext:
     Args:
         round_to, ignored: the user's pruning constraints (every spec must respect them).
         options: the method's own settings, as given (`--method-option`, the Python call).
+        predict_latency: a model's p50 (ms) predicted by the target's latency table, anchored at
+            the measured baseline; None (or returning None) where there is no table.
     """
 
     model: nn.Module
@@ -47,6 +49,7 @@ class SearchContext:
     options: Dict[str, Any] = field(default_factory=dict)
     load_state: Callable[[int], nn.Module] = lambda i: None
     log: Callable[[str], None] = lambda message: None
+    predict_latency: Optional[Callable[[nn.Module], Optional[float]]] = None
 
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.input_shape)

@@ -105,6 +105,7 @@ class Target:
     threads: int = 1
     memory_mb: Optional[int] = None
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    channel_multiple: int = 1  # channel counts the runtime's kernels run fastest at (latency tables' grid)
     emulation: Optional[Emulation] = None
     workdir: Optional[str] = None
     env: dict[str, str] = field(default_factory=dict)
@@ -138,7 +139,7 @@ class Target:
             raise BadInputError(f"{self.name}: an ssh target needs host")
         if self.transport == "adb" and not self.python and not self.benchmark_model:
             raise BadInputError(f"{self.name}: an adb target needs python or benchmark_model")
-        for attr in ("threads", "runs", "port"):
+        for attr in ("threads", "runs", "port", "channel_multiple"):
             if int(getattr(self, attr)) < 1:
                 raise BadInputError(f"{self.name}: {attr} must be at least 1")
         if int(self.warmup) < 1 or int(self.retries) < 0:

@@ -3,7 +3,8 @@
 search plus fine-tuning matched several published methods).
 
 Each round samples random per-layer keep ratios whose computed cost fits the budget
-(rejection-sampled: MACs under the FLOPs proxy for latency, parameters for memory), estimates
+(rejection-sampled: for latency the p50 the target's latency table predicts, or without a
+table MACs under the FLOPs proxy; parameters for memory), estimates
 them all (BN-recalibrated accuracy, no fine-tune), and measures the top few. The next round
 refits the proxy on those measurements, so a latency budget that the first proxy placed too
 high is aimed again from what the target showed.
@@ -71,6 +72,7 @@ class Method(Searcher):
         base = analyze(ctx.model, ctx.input_shape)
         self.base_macs, self.base_params = base.macs, base.params
         self.bytes_per_param = base.model_bytes[ctx.precision] / max(base.params, 1)
+        self.base_latency = 0.0  # the table's p50 of the full model, once a table predicts
         self._rounds: Dict[int, List[Tuple[Dict[str, int], int]]] = {}
 
     # ------------------------------------------------------------------ ask / done
@@ -127,7 +129,8 @@ class Method(Searcher):
         if r not in self._rounds:
             rng = np.random.default_rng([self.ctx.seed, r])
             key, goal = self._goal(history)
-            where = (f"{key} <= {goal / 1e6:.3f}M" if goal is not None else
+            where = (f"predicted p50 <= {goal:.3f} ms (the target's latency table)" if key == "latency" else
+                     f"{key} <= {goal / 1e6:.3f}M" if goal is not None else
                      f"{key} shares drawn from {self.cfg.accuracy_share}")
             self.ctx.log(f"random search, round {r + 1}: sampling {self.cfg.samples} specs with {where} "
                          "(computed cost against the budget, not a measurement)")
@@ -139,6 +142,9 @@ class Method(Searcher):
         proxy refitted on every measurement so far), params for memory; for the accuracy
         policy a MACs share drawn per sample (None: decided in _sample)."""
         budget, baseline = self.ctx.policy.budget, history.baseline
+        if budget.kind in ("latency_ms", "latency_ratio") and self._predicted(self.ctx.model) is not None:
+            self.base_latency = self._predicted(self.ctx.model)
+            return "latency", AIM * budget.limit(baseline)  # the target's latency table predicts each sample
         if budget.kind in ("latency_ms", "latency_ratio"):
             proxy = MacsProxy.fit(history)
             goal = proxy.macs_for(AIM * budget.limit(baseline))
@@ -153,7 +159,7 @@ class Method(Searcher):
 
     def _sample(self, rng: np.random.Generator, key: str, goal: Optional[float]) -> Tuple[Dict[str, int], int]:
         """Random keep ratios around a level that fits, rejected until the cost is in the band."""
-        base = self.base_macs if key == "macs" else self.base_params
+        base = {"macs": self.base_macs, "params": self.base_params}.get(key) or self.base_latency
         if goal is None:
             goal = rng.uniform(*self.cfg.accuracy_share) * base
         level = float(np.sqrt(min(goal / base, 1.0)))  # a cost roughly follows keep^2
@@ -175,5 +181,10 @@ class Method(Searcher):
         """The spec the ratios ask for, as the surgery really leaves it, and its computed cost."""
         trial = prune_group_ratios(self.ctx.model, dict(zip(self.roots, ratios.tolist())),
                                    self.ctx.example_input(), self.ctx.round_to, self.ctx.ignored)
+        if key == "latency":
+            return channel_spec(trial), self._predicted(trial)
         report = analyze(trial, self.ctx.input_shape)
         return channel_spec(trial), report.macs if key == "macs" else report.params
+
+    def _predicted(self, model) -> Optional[float]:
+        return self.ctx.predict_latency(model) if self.ctx.predict_latency is not None else None

@@ -1,0 +1,267 @@
+"""Build, check and use a latency table on a target.
+
+build: for each kernel kind of the model, the kernel alone is exported (ONNX or TFLite, as the
+target runs, at the table's precision) at a grid of channel counts on the target's channel
+multiple, and benched on the target interleaved with the full model (KERNEL_PROTOCOL): its
+value is its share of the full model's p50 times the median full-model p50 of the build; then FIT_SAMPLES random sub-networks are benched
+interleaved with the full model (A/B), and the per-network overhead is fitted through their
+measured ratios (the scale through the full model's p50). Every finished measurement is saved to the table at once,
+so an interrupted build resumes where it stopped.
+
+check: SAMPLES random sub-networks (random per-layer keep ratios, a different seed from the
+fit's), each benched interleaved with the full model, compared with the table's prediction
+anchored at the full model's p50 of the same bench: the share
+within +-10% of the measured p50, the median and the max error. The check is stored with
+the table, and every prediction carries it.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.errors import BadInputError
+from edgeprune.targets.lut.kernels import Layer, fixed_counts, model_layers, with_max
+from edgeprune.targets.lut.table import (KernelTable, LatencyTable, TableStore, grid_axis, model_signature,
+                                         summarize, volume)
+from edgeprune.targets.measurement import Measurement
+
+GRID = (0.25, 0.5, 0.75, 1.0)  # shares of a kernel's unpruned channels measured per axis (on the multiple)
+KERNEL_PROTOCOL = {"runs": 20, "min_seconds": 0.15, "warmup_seconds": 0.05}  # per round and side
+KERNEL_ROUNDS = 2  # A/B rounds of a kernel against the full model
+FIT_SAMPLES = 8  # random sub-networks benched against the full model to fit the per-network overhead
+COMPARE_ROUNDS = 3  # A/B rounds of a sub-network against the full model (fit and check)
+KEEP_RANGE = (0.2, 1.0)  # per-group keep ratios of the random sub-networks
+PROBE_KEEP = 0.3  # the heavily pruned copy that shows which counts sub-networks never change
+CALIBRATION_SAMPLES = 8  # random images calibrate an int8 kernel: latency needs shapes
+
+
+def sub_network(model: nn.Module, input_shape: Sequence[int], rng: np.random.Generator,
+                keep: Tuple[float, float] = KEEP_RANGE, round_to: int = 1) -> nn.Module:
+    """A copy of `model` with random per-group keep ratios (whole groups, channels on `round_to`;
+    a group of at most `round_to` channels keeps them all: the surgery would cut it off the multiple)."""
+    from edgeprune.pruning import group_roots, prune_group_ratios
+
+    x = torch.zeros(1, *input_shape)
+    roots = group_roots(model, x)
+    ratios = rng.uniform(*keep, len(roots)).tolist()
+    modules = dict(model.named_modules())
+    ratios = [1.0 if _out(modules[r]) <= round_to else k for r, k in zip(roots, ratios)]
+    return prune_group_ratios(model, dict(zip(roots, ratios)), x, round_to)
+
+
+def _out(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def kernels_of(model: nn.Module, input_shape: Sequence[int], round_to: int = 1) -> List[Layer]:
+    """The model's kernels, each knowing which of its counts sub-networks change."""
+    from edgeprune.pruning import group_roots, prune_group_ratios
+
+    full = model_layers(model, input_shape)
+    if not full:
+        raise BadInputError("the model has no Conv2d or Linear layer to build a latency table for")
+    x = torch.zeros(1, *input_shape)
+    roots = group_roots(model, x)
+    probe = prune_group_ratios(model, {r: PROBE_KEEP for r in roots}, x, round_to)
+    return model_layers(model, input_shape, fixed_counts(full, model_layers(probe, input_shape)))
+
+
+def layers_for(table: LatencyTable, model: nn.Module, input_shape: Sequence[int]) -> List[Layer]:
+    """A (sub-)network's kernels, matched by layer name to the kinds the table was built for."""
+    layers = model_layers(model, input_shape)
+    full = {}
+    for layer in layers:
+        key = table.layer_kinds.get(layer.name)
+        if key in table.kernels:
+            full[layer.name] = Layer(layer.name, table.kernels[key].kind, layer.cin, layer.cout, layer.out_elems)
+    return with_max(layers, full)
+
+
+class TableBuilder:
+    """Builds (or resumes) and checks the latency table of one model on one target."""
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], target: Any, precision: str = "fp32",
+                 round_to: int = 1, name: str = "model", log: Callable[[str], None] = lambda m: None,
+                 progress: bool = True, store: Optional[TableStore] = None) -> None:
+        if precision not in ("fp32", "fp16", "int8"):
+            raise BadInputError(f"a latency table's precision is fp32, fp16 or int8, got {precision!r}")
+        self.model, self.input_shape = copy.deepcopy(model).eval(), list(input_shape)
+        self.target, self.precision, self.name = target, precision, name
+        self.round_to = max(1, round_to, int(getattr(target, "channel_multiple", 1) or 1))
+        self.log, self.progress, self.store = log, progress, store or TableStore()
+        self.fmt = "tflite" if target.runtime == "tflite" else "onnx"
+        self.layers = kernels_of(self.model, self.input_shape, self.round_to)
+        self._key: Optional[Dict[str, Any]] = None
+
+    # ------------------------------------------------------------------ the table's identity
+
+    def key(self) -> Dict[str, Any]:
+        """Target identity (from the device itself), runtime and version, threads, precision and
+        the model's kernels."""
+        if self._key is None:
+            info = self.target.check()
+            runtime = "tflite" if self.fmt == "tflite" else "onnxruntime"
+            runtimes = info.get("runtimes") or {}
+            if runtime not in runtimes:
+                raise BadInputError(f"{self.target.name}: runtime {runtime} is not on the device "
+                                    f"(found: {', '.join(sorted(runtimes)) or 'none'})")
+            dev = info.get("device") or {}
+            emu = self.target.emulation
+            self._key = {"target": self.target.name, "hostname": dev.get("hostname"), "cpu": dev.get("cpu"),
+                         "cores": dev.get("cores"), "emulation": vars(emu) if emu else None, "runtime": runtime,
+                         "runtime_version": str(runtimes[runtime]), "threads": self.target.default_threads(),
+                         "precision": self.precision, "round_to": self.round_to,
+                         "kernels": model_signature(self.layers, self.input_shape)}
+        return self._key
+
+    def load(self) -> Optional[LatencyTable]:
+        """The complete table for this key, or None."""
+        table = self.store.get(self.key())
+        return table if table is not None and table.complete else None
+
+    # ------------------------------------------------------------------ build
+
+    def build(self, rebuild: bool = False) -> LatencyTable:
+        """Measure what the table still lacks (everything when `rebuild`), fit, store."""
+        from edgeprune._progress import progress
+
+        table = None if rebuild else self.store.get(self.key())
+        if table is None:
+            table = self._empty()
+        elif table.complete:
+            self.log(f"{table.describe()}: already built")
+            return table
+        todo = [(k, p) for k, t in table.kernels.items() for p in t.missing()]
+        fits = max(0, FIT_SAMPLES - len(table.fit_points))
+        done = sum(len(t.values) for t in table.kernels.values()) + len(table.fit_points)
+        self.log(f"latency table for {self.name} on {self.target.name}: {len(table.kernels)} kernel kinds, "
+                 f"{len(todo)} kernel measurements and {fits} whole-model ones to go ({done} already done)")
+        start = time.time() - table.build_seconds
+        bar = progress(total=len(todo) + fits, desc="lut build", enabled=self.progress)
+        with self.target.session(), tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
+            full = self._export(self.model, self.input_shape, Path(tmp) / f"full.{self.fmt}")
+            for kind_key, point in todo:
+                t = table.kernels[kind_key]
+                found = self._kernel_p50(t, point, full, Path(tmp))
+                table.shares[kind_key + "|" + ",".join(map(str, point))] = found
+                t.values[",".join(map(str, point))] = found["share"] * found["full_ms"]
+                table.measurements += KERNEL_ROUNDS
+                table.build_seconds = time.time() - start
+                self.store.put(table)
+                bar.update(1)
+            table.rescale()
+            rng = np.random.default_rng([len(self.layers), 7])
+            for _ in range(len(table.fit_points)):
+                sub_network(self.model, self.input_shape, rng, round_to=self.round_to)  # the same nets on a resume
+            full_layers = layers_for(table, self.model, self.input_shape)
+            table.full_sum, table.full_volume = table.layer_sum(full_layers), volume(full_layers)
+            for i in range(len(table.fit_points), FIT_SAMPLES):
+                net = sub_network(self.model, self.input_shape, rng, round_to=self.round_to)
+                cmp = self.compare_network(full, net, Path(tmp) / f"fit{i}")
+                layers = layers_for(table, net, self.input_shape)
+                table.fit_points.append({"sum_ms": table.layer_sum(layers), "volume": volume(layers),
+                                         "ratio": cmp.b.p50_ms / cmp.a.p50_ms, "full_ms": cmp.a.p50_ms})
+                table.measurements += COMPARE_ROUNDS  # a round is one bench process running both
+                table.build_seconds = time.time() - start
+                self.store.put(table)
+                bar.update(1)
+        bar.close()
+        table.fit()
+        table.complete, table.build_seconds = True, time.time() - start
+        self.store.put(table)
+        self.log(f"{table.describe()}, built in {table.build_seconds:.0f} s; a network = "
+                 f"{table.scale:.3f} x (its kernels + {table.overhead:.3f} ms)")
+        return table
+
+    def _empty(self) -> LatencyTable:
+        kernels: Dict[str, KernelTable] = {}
+        for layer in self.layers:
+            kind = layer.kind
+            if kind.key not in kernels:
+                step = kind.granularity() * (self.round_to if kind.op != "linear" else 1)
+                axes = [grid_axis(top, step, GRID) for top in kind.axes_max()]
+                kernels[kind.key] = KernelTable(kind, axes, step)
+        return LatencyTable(self.key(), kernels, {l.name: l.kind.key for l in self.layers}, model=self.name)
+
+    def _kernel_p50(self, t: KernelTable, point: Tuple[int, ...], full: Path, tmp: Path) -> Dict[str, float]:
+        """The kernel alone at `point`, benched interleaved with the full model: its share of
+        the full model's p50 (drift between one kernel's bench and the next falls out)."""
+        cin, cout = t.kind.counts(point)
+        module = t.kind.module(cin, cout)
+        path = self._export(module, t.kind.input_shape(cin), tmp / f"kernel.{self.fmt}")
+        cmp = self.target.compare(full, path, rounds=KERNEL_ROUNDS, **KERNEL_PROTOCOL)
+        return {"share": cmp.b.p50_ms / cmp.a.p50_ms, "full_ms": cmp.a.p50_ms}
+
+    def compare_network(self, full: Path, net: nn.Module, stem: Path) -> Any:
+        """A (sub-)network exported as the table's artifacts and benched interleaved with the full
+        model (A/B in one process): drift on the device falls on both alike."""
+        path = self._export(net, self.input_shape, stem.with_suffix(f".{self.fmt}"))
+        return self.target.compare(full, path, rounds=COMPARE_ROUNDS)
+
+    def _export(self, module: nn.Module, shape: Sequence[int], path: Path) -> Path:
+        from edgeprune.export import export_artifact
+
+        data = None
+        if self.precision == "int8":
+            data = np.random.default_rng(0).standard_normal((CALIBRATION_SAMPLES, *shape)).astype(np.float32)
+        return export_artifact(module, path, precision=self.precision, data=data, input_shape=list(shape))
+
+    # ------------------------------------------------------------------ check
+
+    def check(self, table: LatencyTable, samples: int, seed: int = 1) -> Dict[str, Any]:
+        """`samples` random sub-networks, predicted and measured; stored with the table. Each is
+        benched interleaved with the full model, and its prediction is anchored at the full
+        model's p50 of the same bench, as the Evaluator anchors predictions at the baseline it
+        measured."""
+        from edgeprune._progress import progress
+
+        rng = np.random.default_rng([seed, 11])
+        rows: List[Dict[str, Any]] = []
+        bar = progress(total=samples, desc="lut check", enabled=self.progress)
+        with self.target.session(), tempfile.TemporaryDirectory(prefix="edgeprune-lut-check-") as tmp:
+            full = self._export(self.model, self.input_shape, Path(tmp) / f"full.{self.fmt}")
+            for i in range(samples):
+                net = sub_network(self.model, self.input_shape, rng, round_to=self.round_to)
+                ratio = table.predict_ratio(layers_for(table, net, self.input_shape))
+                cmp = self.compare_network(full, net, Path(tmp) / f"check{i}")
+                predicted = ratio * cmp.a.p50_ms
+                rows.append({"predicted_ms": round(predicted, 4), "measured_ms": round(cmp.b.p50_ms, 4),
+                             "full_ms": round(cmp.a.p50_ms, 4), "unanchored_ms": round(table.predict_ms(
+                                 layers_for(table, net, self.input_shape)), 4),
+                             "error": round(predicted / cmp.b.p50_ms - 1, 4), "source": cmp.b.source})
+                bar.update(1)
+        bar.close()
+        result = {**summarize([abs(r["error"]) for r in rows]), "seed": seed,
+                  "unanchored": summarize([abs(r["unanchored_ms"] / r["measured_ms"] - 1) for r in rows]),
+                  "measured_source": rows[0]["source"] if rows else None, "rows": rows}
+        table.check = {k: v for k, v in result.items() if k != "rows"}
+        self.store.put(table)
+        return result
+
+
+def predicted_measurement(table: LatencyTable, model: nn.Module, input_shape: Sequence[int], target: str,
+                          baseline_p50_ms: Optional[float] = None) -> Measurement:
+    """The table's latency for `model` as a Measurement with `source: predicted` and the
+    table's measured error (nothing of it was run). With `baseline_p50_ms` (the full model
+    measured today) the prediction is anchored there: baseline x the table's ratio."""
+    layers = layers_for(table, model, input_shape)
+    p50 = table.predict_ratio(layers) * baseline_p50_ms if baseline_p50_ms else table.predict_ms(layers)
+    k = table.key
+    err = table.error()
+    anchor = "anchored at the baseline measured in this run" if baseline_p50_ms else "as on the day of the build"
+    return Measurement(target=target, source="predicted", emulated=bool(k.get("emulation")),
+                       runtime={"name": k["runtime"], "version": k["runtime_version"]}, threads=k["threads"],
+                       warmup=0, runs=0, times_ms=[], latency_ms={"p50": p50, "p90": p50, "p99": p50, "mean": p50,
+                                                                  "std": 0.0, "cv": 0.0},
+                       peak_memory_mb=None, memory_method=None, model_bytes=0, model_sha256="", load_ms=None,
+                       device={"hostname": k["hostname"], "cpu": k["cpu"], "cores": k["cores"],
+                               "predictor": {"kind": "latency table", "anchor": anchor, **err}},
+                       notes=[f"predicted by the latency table, {anchor} ({err.get('within_10pct')} of "
+                              f"{err.get('samples')} {err['measured_on']} within +-10%)"])

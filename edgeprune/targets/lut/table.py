@@ -1,0 +1,257 @@
+"""A latency table: per kernel kind, the p50 measured at a grid of channel counts; a sub-network's
+latency is the sum of its kernels (interpolated between grid points) plus a per-network
+overhead, fitted on whole-model measurements (NetAdapt, HALP and nn-Meter use
+per-layer tables; this one is built on the user's own target).
+
+Tables are stored in the measurement cache's sqlite file, keyed by the target's identity
+(hostname, CPU, cores), the runtime and its version, threads, precision and the model's
+kernels: a table built for another key is never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edgeprune.targets.cache import default_cache_path
+from edgeprune.targets.lut.kernels import KernelKind, Layer
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS latency_tables (key TEXT PRIMARY KEY, created REAL, data TEXT)"
+WITHIN = 0.10  # a prediction is good when within this share of the measured p50
+
+
+@dataclass
+class KernelTable:
+    """p50 (ms) of one kernel kind at each grid point; `grid` per axis (one axis for a depthwise
+    conv or a conv with a fixed side, two for cin x cout, none when both are fixed). A count off
+    the channel multiple is looked up at the next multiple: onnxruntime's x86 kernels cost the
+    same from 4 to 16 output channels and jump at 17."""
+
+    kind: KernelKind
+    grid: List[List[int]]
+    step: int = 1  # the channel multiple: a count between multiples costs the next multiple
+    values: Dict[str, float] = field(default_factory=dict)  # "c1,c2" -> p50 ms
+
+    def points(self) -> List[Tuple[int, ...]]:
+        """Every grid point, in the order a build measures them."""
+        out: List[Tuple[int, ...]] = [()]
+        for axis in self.grid:
+            out = [p + (c,) for p in out for c in axis]
+        return out
+
+    def missing(self) -> List[Tuple[int, ...]]:
+        return [p for p in self.points() if _pkey(p) not in self.values]
+
+    def lookup(self, coords: Sequence[int]) -> float:
+        """Multilinear interpolation between grid points, extrapolating linearly past the edges
+        (never below a tenth of the smallest value measured)."""
+        floor = 0.1 * min(self.values.values())
+        blocks = tuple(-(-int(c) // self.step) * self.step for c in coords)
+        return max(self._interp(blocks, 0, ()), floor)
+
+    def _interp(self, coords: Tuple[int, ...], axis: int, fixed: Tuple[int, ...]) -> float:
+        if axis == len(self.grid):
+            return self.values[_pkey(fixed)]
+        grid = self.grid[axis]
+        if len(grid) == 1:
+            return self._interp(coords, axis + 1, fixed + (grid[0],))
+        x = coords[axis]
+        i = int(np.searchsorted(grid, x))
+        i = min(max(i, 1), len(grid) - 1)
+        lo, hi = grid[i - 1], grid[i]
+        a = self._interp(coords, axis + 1, fixed + (lo,))
+        b = self._interp(coords, axis + 1, fixed + (hi,))
+        return a + (b - a) * (x - lo) / (hi - lo)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind.to_dict(), "grid": self.grid, "step": self.step, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "KernelTable":
+        return cls(KernelKind.from_dict(d["kind"]), [list(a) for a in d["grid"]], d.get("step", 1), dict(d["values"]))
+
+
+def _pkey(point: Sequence[int]) -> str:
+    return ",".join(map(str, point))
+
+
+def grid_axis(top: int, step: int, fractions: Sequence[float]) -> List[int]:
+    """Channel counts at `fractions` of `top`, on multiples of `step` (at least one step)."""
+    counts = {min(top, max(step, int(round(top * f / step)) * step)) for f in fractions}
+    return sorted(counts | {top})
+
+
+@dataclass
+class LatencyTable:
+    """The tables of one model's kernels on one target, runtime, thread count and precision,
+    with the whole-network fit and, once checked, its measured error."""
+
+    key: Dict[str, Any]
+    kernels: Dict[str, KernelTable]
+    layer_kinds: Dict[str, str]  # layer name -> kernel kind key
+    model: str = "model"
+    full_sum: float = 0.0  # the full model's sum of kernels (ms)
+    full_volume: int = 0  # the full model's kernel output elements
+    scale: float = 1.0
+    per_element: float = 0.0  # ms per kernel output element: the operators between kernels
+    overhead: float = 0.0  # per-network overhead, in kernel-sum ms
+    fit_points: List[Dict[str, float]] = field(default_factory=list)  # {"sum_ms", "ratio", "full_ms"}
+    shares: Dict[str, Dict[str, float]] = field(default_factory=dict)  # "kind|point" -> {"share", "full_ms"}
+    check: Optional[Dict[str, Any]] = None
+    measurements: int = 0
+    build_seconds: float = 0.0
+    complete: bool = False
+    memory: Optional[Dict[str, Any]] = None  # the peak-memory model's parameters, when fitted
+
+    @property
+    def cache_key(self) -> str:
+        return table_key(self.key)
+
+    def layer_sum(self, layers: Sequence[Layer]) -> float:
+        """Sum of the tabled kernels of `layers` (ms); layers of kinds not in the table count 0."""
+        total = 0.0
+        for layer in layers:
+            t = self.kernels.get(layer.kind.key)
+            if t is not None and t.values:
+                total += t.lookup(layer.coords)
+        return total
+
+    def rescale(self) -> None:
+        """Kernel values from their shares of the full model, all at the median full-model p50 of
+        the build (one clock for every kernel)."""
+        if not self.shares:
+            return
+        full_ms = float(np.median([v["full_ms"] for v in self.shares.values()]))
+        for name, v in self.shares.items():
+            kind, point = name.split("|")
+            self.kernels[kind].values[point] = v["share"] * full_ms
+
+    def _cost(self, layers: Sequence[Layer]) -> float:
+        """Kernel-sum ms plus a term in proportion to the activations the kernels write, plus the
+        per-network overhead. The activation term is the operators between kernels (adds, pools,
+        layout changes) less what a kernel benched alone spends copying its input and output:
+        its fitted sign says which weighs more on this runtime."""
+        return self.layer_sum(layers) + self.per_element * volume(layers) + self.overhead
+
+    def predict_ms(self, layers: Sequence[Layer]) -> float:
+        """The absolute p50, as on the day of the build."""
+        return max(self.scale * self._cost(layers), 1e-6)
+
+    def predict_ratio(self, layers: Sequence[Layer]) -> float:
+        """p50 of these layers over the full model's: what a prediction anchored at a baseline
+        measured today multiplies (drift on the device falls out)."""
+        full = self.full_sum + self.per_element * self.full_volume + self.overhead
+        return max(self._cost(layers), 1e-9) / max(full, 1e-9)
+
+    def fit(self) -> None:
+        """The cost of the operators between kernels (per activation element) and the overhead,
+        by least squares through the fit points' measured B/A ratios r:
+        sum_b + e * vol_b + u = r * (sum_a + e * vol_a + u), linear in (e, u); the scale through
+        the full model's p50s."""
+        pts = self.fit_points
+        if not pts:
+            return
+        a = np.array([[p["ratio"] * self.full_volume - p["volume"], p["ratio"] - 1.0] for p in pts])
+        y = np.array([p["sum_ms"] - p["ratio"] * self.full_sum for p in pts])
+        if len(pts) >= 3:
+            (e, u), *_ = np.linalg.lstsq(a, y, rcond=None)
+        else:
+            e, u = 0.0, float(np.linalg.lstsq(a[:, 1:], y, rcond=None)[0][0])
+        if e < 0:  # with few, noisy points a negative activation cost overfits (seen: 25% within +-10%)
+            e, u = 0.0, float(np.linalg.lstsq(a[:, 1:], y, rcond=None)[0][0])
+        self.per_element, self.overhead = float(e), float(max(u, -0.9 * min(p["sum_ms"] for p in pts)))
+        full_ms = float(np.median([p["full_ms"] for p in pts]))
+        self.scale = full_ms / max(self.full_sum + self.per_element * self.full_volume + self.overhead, 1e-9)
+
+    def error(self) -> Dict[str, Any]:
+        """What a prediction carries: the checked error when there is one, else the fit's."""
+        if self.check:
+            found = {k: self.check[k] for k in ("samples", "within_10pct", "median_abs_error", "max_abs_error")}
+            return {**found, "measured_on": "held-out random sub-networks (lut check)"}
+        full = self.full_sum + self.per_element * self.full_volume + self.overhead
+        errs = [abs((p["sum_ms"] + self.per_element * p["volume"] + self.overhead) / full - p["ratio"]) / p["ratio"]
+                for p in self.fit_points]
+        return {**summarize(errs), "measured_on": "the fit's own sub-networks (not held out: run lut check)"}
+
+    def describe(self) -> str:
+        k = self.key
+        return (f"latency table for {self.model} on {k['target']} ({k['runtime']} {k['runtime_version']}, "
+                f"{k['threads']} thread(s), {k['precision']}): {len(self.kernels)} kernel kinds, "
+                f"{self.measurements} device measurements")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"key": self.key, "kernels": {k: t.to_dict() for k, t in self.kernels.items()},
+                "layer_kinds": self.layer_kinds, "model": self.model, "full_sum": self.full_sum,
+                "full_volume": self.full_volume, "scale": self.scale, "per_element": self.per_element,
+                "overhead": self.overhead,
+                "fit_points": self.fit_points, "shares": self.shares, "check": self.check, "measurements": self.measurements,
+                "build_seconds": self.build_seconds, "complete": self.complete, "memory": self.memory}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "LatencyTable":
+        return cls(d["key"], {k: KernelTable.from_dict(t) for k, t in d["kernels"].items()}, d["layer_kinds"],
+                   d["model"], d["full_sum"], d["full_volume"], d["scale"], d["per_element"], d["overhead"],
+                   d["fit_points"], d.get("shares", {}),
+                   d.get("check"),
+                   d.get("measurements", 0), d.get("build_seconds", 0.0), d.get("complete", False), d.get("memory"))
+
+
+def summarize(errors: Sequence[float]) -> Dict[str, Any]:
+    """share within +-10%, median and max absolute relative error."""
+    if not errors:
+        return {"samples": 0, "within_10pct": None, "median_abs_error": None, "max_abs_error": None}
+    e = sorted(errors)
+    return {"samples": len(e), "within_10pct": round(sum(x <= WITHIN for x in e) / len(e), 4),
+            "median_abs_error": round(float(np.median(e)), 4), "max_abs_error": round(e[-1], 4)}
+
+
+def volume(layers: Sequence[Layer]) -> int:
+    """Elements the kernels write: what adds, pools, concats and layout changes move after them."""
+    return sum(layer.out_elems for layer in layers)
+
+
+def table_key(key: Dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+def model_signature(layers: Sequence[Layer], input_shape: Sequence[int]) -> str:
+    """A short hash of the model's kernels (kinds in call order) and input: what the table covers."""
+    text = json.dumps([list(input_shape)] + [[l.name, l.kind.key] for l in layers])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class TableStore:
+    """Latency tables in the measurement cache's sqlite file; each write one transaction."""
+
+    def __init__(self, path: Any = None) -> None:
+        self.path = path or default_cache_path()
+
+    def _connect(self) -> sqlite3.Connection:
+        from pathlib import Path
+
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        conn.execute(_SCHEMA)
+        return conn
+
+    def get(self, key: Dict[str, Any]) -> Optional[LatencyTable]:
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT data FROM latency_tables WHERE key = ?", (table_key(key),)).fetchone()
+        finally:
+            conn.close()
+        return LatencyTable.from_dict(json.loads(row[0])) if row else None
+
+    def put(self, table: LatencyTable) -> None:
+        conn = self._connect()
+        try:
+            with conn:
+                conn.execute("INSERT OR REPLACE INTO latency_tables VALUES (?, ?, ?)",
+                             (table.cache_key, time.time(), json.dumps(table.to_dict())))
+        finally:
+            conn.close()
