@@ -13,7 +13,8 @@ random sub-networks and checked on MEMORY_SAMPLES others, on x86-ort.
     .venv/bin/python bench/bench_lut.py [--models resnet20,mobilenet_v2] [--targets x86-ort,emu-rpi4]
                                         [--precisions fp32,int8] [--samples 50] [--memory-samples 20]
 
-emu-rpi4 needs root (cgroups, sshd). Prints a table and writes bench/results/lut.json.
+emu-rpi4 needs root (cgroups, sshd). Prints a table and writes bench/results/lut.json
+(lut-TAG.json with --tag, for a run in parts).
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def main() -> int:
         print_table(["model", "target", "peak memory within 20% (goal: all)", "median / max error", "split"],
                     [[m["model"], m["target"], f"{m['within_tolerance']:.0%} of {m['checked']}",
                       f"{m['median_error']:.1%} / {m['max_error']:.1%}", m["split"]] for m in memory])
-    write_json("lut", {"machine": machine(), "samples": args.samples, "rows": rows, "memory": memory})
+    write_json("lut" + (f"-{args.tag}" if args.tag else ""),
+               {"machine": machine(), "samples": args.samples, "rows": rows, "memory": memory})
     return 0
 
 
@@ -113,6 +115,7 @@ def _args():
     p.add_argument("--precisions", default="fp32,int8")
     p.add_argument("--samples", type=int, default=50)
     p.add_argument("--memory-samples", type=int, default=20)
+    p.add_argument("--tag", default="", help="write bench/results/lut-TAG.json (runs in parts)")
     return p.parse_args()
 
 

@@ -136,6 +136,10 @@ def _latency_table(job: _Job) -> Any:
         err = table.error()
         job.log(f"using the {table.describe()} ({err['within_10pct']} of {err['samples']} {err['measured_on']} "
                 "within +-10%); predictions choose where to look, measurements decide")
+        if e.round_to < table.key["round_to"]:
+            job.log(f"note: the table was checked on multiples of {table.key['round_to']} channels (the target's "
+                    f"channel_multiple); methods that sample with it stay on them, others may cut between "
+                    "multiples, where the runtime may be slower than the table says")
     return table
 
 
@@ -227,7 +231,8 @@ def _open_history(job: _Job, evaluator: Evaluator, resume: bool) -> History:
 
 def _context(job: _Job, evaluator: Evaluator) -> SearchContext:
     ctx = _context_of(job.ckpt, job.cfg, job.data.calibration, evaluator.load_state, job.log)
-    ctx.predict_latency = evaluator.predict_latency if evaluator.table is not None else None
+    if evaluator.table is not None:
+        ctx.predict_latency, ctx.channel_multiple = evaluator.predict_latency, evaluator.table.key["round_to"]
     return ctx
 
 

@@ -36,6 +36,7 @@ class SearchContext:
         options: the method's own settings, as given (`--method-option`, the Python call).
         predict_latency: a model's p50 (ms) predicted by the target's latency table, anchored at
             the measured baseline; None (or returning None) where there is no table.
+        channel_multiple: the channel multiple that table was built and checked on.
     """
 
     model: nn.Module
@@ -50,6 +51,7 @@ class SearchContext:
     load_state: Callable[[int], nn.Module] = lambda i: None
     log: Callable[[str], None] = lambda message: None
     predict_latency: Optional[Callable[[nn.Module], Optional[float]]] = None
+    channel_multiple: int = 1
 
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.input_shape)

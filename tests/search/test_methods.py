@@ -117,3 +117,26 @@ def test_random_aims_low_when_the_measurements_say_the_budget_is_below_the_overh
     history.append(slow)
     key, goal = searcher._goal(history)
     assert key == "macs" and goal == pytest.approx(0.05 * base.macs)
+
+
+def test_random_samples_against_the_latency_table_on_its_channel_multiple(model):
+    """With a latency predictor (the target's table, as compress passes it) random search draws
+    specs whose PREDICTED p50 is under the aim, on the table's channel multiple; the predictor
+    here is the table's interface fed by a known cost (MACs), so the check is exact."""
+    base = baseline(model, p50=10.0)
+    full = analyze(model, SHAPE).macs
+    seen = []
+
+    def predict(m):
+        seen.append(m)
+        return 10.0 * analyze(m, SHAPE).macs / full
+
+    ctx = context(model, "latency", "0.5x", samples=5, measure_top=1, rounds=1)
+    ctx.predict_latency, ctx.channel_multiple = predict, 4
+    proposals = create_searcher("random", ctx).ask(History(candidates=[base]))
+    assert len(proposals) == 5 and seen
+    for p in proposals:
+        assert all(n % 4 == 0 for n in p.spec.values())  # on the multiple
+        trial = create_model("resnet20", width=8)
+        prune_to_spec(trial, p.spec, torch.zeros(1, *SHAPE))
+        assert predict(trial) <= 0.9 * 0.5 * 10.0 + 1e-9  # under AIM x the budget, as predicted

@@ -24,6 +24,7 @@ from edgeprune.search.history import History
 from edgeprune.search.proposal import Proposal
 from edgeprune.search.proxy import MacsProxy
 from edgeprune.search.searcher import SearchContext, Searcher
+from edgeprune.targets.lut import on_multiple
 
 AIM = 0.9            # sample under this share of the budget: the proxy and the measurement are noisy
 BAND = 0.75          # and above this share of the aim, so samples do not waste the budget
@@ -73,6 +74,7 @@ class Method(Searcher):
         self.base_macs, self.base_params = base.macs, base.params
         self.bytes_per_param = base.model_bytes[ctx.precision] / max(base.params, 1)
         self.base_latency = 0.0  # the table's p50 of the full model, once a table predicts
+        self._said_out_of_reach = False
         self._rounds: Dict[int, List[Tuple[Dict[str, int], int]]] = {}
 
     # ------------------------------------------------------------------ ask / done
@@ -164,14 +166,23 @@ class Method(Searcher):
             goal = rng.uniform(*self.cfg.accuracy_share) * base
         level = float(np.sqrt(min(goal / base, 1.0)))  # a cost roughly follows keep^2
         best: Optional[Tuple[Dict[str, int], int]] = None
+        cheapest: Optional[Tuple[Dict[str, int], int]] = None
         for _ in range(MAX_DRAWS):
             ratios = np.clip(level * np.exp(rng.normal(0, SPREAD, len(self.roots))), self.cfg.min_keep, 1.0)
             spec, cost = self._build(ratios, key)
             if cost <= goal and (best is None or cost > best[1]):
                 best = (spec, cost)
+            if cheapest is None or cost < cheapest[1]:
+                cheapest = (spec, cost)
             if BAND * goal <= cost <= goal:
                 return spec, cost
             level *= (goal / cost) ** 0.5 if cost > goal else 1.05
+        if best is None and key == "latency" and cheapest is not None:
+            if not self._said_out_of_reach:  # a prediction never decides: the cheapest are measured
+                self.ctx.log(f"the latency table predicts no spec under {goal:.3f} ms (min_keep "
+                             f"{self.cfg.min_keep}); sampling the fastest it predicts, measurements decide")
+                self._said_out_of_reach = True
+            return cheapest
         if best is None:
             raise BadInputError(f"random search found no spec with {key} under {goal:,.0f} "
                                 f"(min_keep {self.cfg.min_keep}): the budget is out of reach")
@@ -179,10 +190,14 @@ class Method(Searcher):
 
     def _build(self, ratios: np.ndarray, key: str) -> Tuple[Dict[str, int], int]:
         """The spec the ratios ask for, as the surgery really leaves it, and its computed cost."""
-        trial = prune_group_ratios(self.ctx.model, dict(zip(self.roots, ratios.tolist())),
-                                   self.ctx.example_input(), self.ctx.round_to, self.ctx.ignored)
-        if key == "latency":
+        asked = dict(zip(self.roots, ratios.tolist()))
+        if key == "latency":  # on the table's channel multiple, where its error was measured
+            multiple = max(self.ctx.round_to, self.ctx.channel_multiple)
+            trial = prune_group_ratios(self.ctx.model, on_multiple(self.ctx.model, asked, multiple),
+                                       self.ctx.example_input(), multiple, self.ctx.ignored)
             return channel_spec(trial), self._predicted(trial)
+        trial = prune_group_ratios(self.ctx.model, asked, self.ctx.example_input(), self.ctx.round_to,
+                                   self.ctx.ignored)
         report = analyze(trial, self.ctx.input_shape)
         return channel_spec(trial), report.macs if key == "macs" else report.params
 
