@@ -118,7 +118,12 @@ class Method(Searcher):
         pool = [c for c in self._estimates(history, r) if self.ctx.policy.budget.within(c, baseline)]
         pool = pool or self._estimates(history, r)
         ranked = sorted(pool, key=lambda c: (-c.accuracy, c.macs))
-        picked = [c for c in ranked if tuple(sorted(c.proposal.spec.items())) not in done]
+        picked = []
+        for c in ranked:  # each spec once (draws can repeat one, e.g. all at the fastest the table allows)
+            key = tuple(sorted(c.proposal.spec.items()))
+            if key not in done:
+                done.add(key)
+                picked.append(c)
         return picked[: self.cfg.measure_top - sum(1 for c in history.measured() if c.proposal.extra.get("round") == r)]
 
     def _proposal(self, spec: Dict[str, int], fidelity: str, r: int, cost: Optional[int]) -> Proposal:
