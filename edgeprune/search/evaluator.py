@@ -3,7 +3,8 @@ latency point). Searchers never talk to targets; the Evaluator does, through Tar
 
 - estimate: the spec applied to the weights, BatchNorm recalibrated on a few batches,
   validation accuracy with no fine-tune; params, MACs and bytes computed; latency from the
-  FLOPs proxy (`source: proxy`). Milliseconds to a second: thousands fit in a search.
+  target's latency table when one was built for the model (`source: predicted`, anchored at
+  the baseline measured in the run), else from the FLOPs proxy (`source: proxy`). Milliseconds to a second: thousands fit in a search.
   EagleEye (Li et al., ECCV 2020) showed that BN-recalibrated accuracy ranks pruned
   candidates far better than raw accuracy.
 - measure: fine-tuned (BN recalibration, then distillation from the unpruned model),
