@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeprune.commands._common import emit_json, log
+from edgeprune.commands._common import add_target_args, cli_target, emit_json, log
 from edgeprune.commands._model_args import add_model_args, load_cli_model
 
 
@@ -18,8 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("lut", help="build or check a latency table of a model on a target")
     p.add_argument("action", choices=["build", "check"])
     add_model_args(p)
-    p.add_argument("--target", help="target name (see `edgeprune targets list`)")
-    p.add_argument("--profile", help="hardware profile YAML file (instead of --target)")
+    add_target_args(p)
     p.add_argument("--precision", default="fp32", help="precision of the kernels measured: fp32, fp16, int8")
     p.add_argument("--round-to", type=int, default=1, help="channel multiple of the grid (default 1)")
     p.add_argument("--samples", type=int, default=50, help="check: random sub-networks measured (default 50)")
@@ -33,19 +32,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edgeprune.errors import BadInputError
-    from edgeprune.targets import load_target
     from edgeprune.targets.lut import TableBuilder
 
-    if not (args.target or args.profile):
-        raise BadInputError("lut needs --target NAME or --profile FILE")
     if args.samples < 1 or args.round_to < 1:
         raise BadInputError("--samples and --round-to must be at least 1")
-    target = load_target(args.profile or args.target)
+    target = cli_target(args, "lut")
     ckpt = load_cli_model(args)
     name = Path(args.model.split(":")[-1]).stem or ckpt.arch
     builder = TableBuilder(ckpt.model, ckpt.input_shape, target, args.precision, args.round_to, name=name,
                            log=log, progress=True)
-    table = builder.build(rebuild=args.rebuild) if args.action == "build" or builder.load() is None else builder.load()
+    table = builder.build(rebuild=args.rebuild) if args.action == "build" else builder.load() or builder.build()
     if args.action == "build":
         result = {"action": "build", "key": table.key, "kernels": len(table.kernels),
                   "measurements": table.measurements, "build_seconds": round(table.build_seconds, 1),

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
-from edgeprune.commands._common import emit_json, log
+from edgeprune.commands._common import add_target_args, cli_target, emit_json, log
 from edgeprune.errors import BadInputError
 
 
@@ -26,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", help="export precision for a MODEL: fp32, fp16, int8, dynamic")
     p.add_argument("--data", help="calibration data for --precision int8 (default: the checkpoint's)")
     p.add_argument("--reference", help="the MODEL an int8 ARTIFACT came from: its fp32 export is measured too")
-    p.add_argument("--target", help="target name (see `edgeprune targets list`)")
-    p.add_argument("--profile", help="hardware profile YAML file (instead of --target)")
+    add_target_args(p)
     p.add_argument("--runs", type=int, help="counted runs (default: the profile's, at least 1 s)")
     p.add_argument("--warmup", type=int, help="warm-up runs (default: the profile's, at least 0.5 s)")
     p.add_argument("--threads", type=int, help="threads (default: the profile's)")
@@ -38,13 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeprune.targets import load_target
-    if not (args.target or args.profile):
-        raise BadInputError("profile needs --target NAME or --profile FILE")
     for opt in ("runs", "warmup", "threads"):
         if getattr(args, opt) is not None and getattr(args, opt) < 1:
             raise BadInputError(f"--{opt} must be at least 1")
-    target = load_target(args.profile or args.target)
+    target = cli_target(args, "profile")
     with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as tmp:
         artifact, fp32 = _artifacts(args, target, Path(tmp))
         m = _measure(args, target, artifact)

@@ -6,14 +6,14 @@ from edgeprune.pruning.importance import (
 from edgeprune.pruning.spec import load_spec, save_spec
 from edgeprune.pruning.surgery import (
     ChannelSpec, CoupledGroup, PruneConfig, Surgeon, channel_spec, group_roots, head_layer, is_depthwise,
-    prunable_layers, prune, prune_group_ratios, prune_to_spec, round_channels, score_channels, spec_for_group_ratios,
+    out_channels, prunable_layers, prune, prune_group_ratios, prune_to_spec, round_channels, score_channels, spec_for_group_ratios,
     spec_for_ratio,
 )
 
 __all__ = [
     "ActivationAttention", "ChannelSpec", "CoupledGroup", "Criterion", "PruneConfig", "Surgeon",
     "channel_spec", "collect_attention", "create_importance", "group_roots", "head_layer", "is_depthwise",
-    "list_importances", "load_spec", "prunable_layers", "prune", "prune_group_ratios", "prune_to_spec",
+    "list_importances", "load_spec", "out_channels", "prunable_layers", "prune", "prune_group_ratios", "prune_to_spec",
     "register_importance", "round_channels", "save_spec", "score_channels", "spec_for_group_ratios",
     "spec_for_ratio",
 ]

@@ -105,7 +105,7 @@ def prunable_layers(model: nn.Module, ignored: Sequence[str] = ()) -> List[Tuple
 
 def channel_spec(model: nn.Module) -> ChannelSpec:
     """Output channels of every prunable layer."""
-    return {name: _out_channels(m) for name, m in prunable_layers(model)}
+    return {name: out_channels(m) for name, m in prunable_layers(model)}
 
 
 def spec_for_ratio(model: nn.Module, ratio: float, round_to: int = 1,
@@ -115,7 +115,7 @@ def spec_for_ratio(model: nn.Module, ratio: float, round_to: int = 1,
     Coupling is not considered (grouped convs, concat cycles); `prune(PruneConfig(ratio=...))`
     does, so prefer it to pruning to this spec.
     """
-    return {name: round_channels(_out_channels(m) * (1.0 - ratio), round_to, _out_channels(m))
+    return {name: round_channels(out_channels(m) * (1.0 - ratio), round_to, out_channels(m))
             for name, m in prunable_layers(model, ignored)}
 
 
@@ -126,7 +126,8 @@ def round_channels(channels: float, round_to: int, limit: int) -> int:
     return min(limit, max(round_to, int(round(channels / round_to)) * round_to))
 
 
-def _out_channels(m: nn.Module) -> int:
+def out_channels(m: nn.Module) -> int:
+    """A Conv2d's out_channels or a Linear's out_features."""
     return m.out_features if isinstance(m, nn.Linear) else m.out_channels
 
 
@@ -226,12 +227,12 @@ class Surgeon:
     def full_group(self, name: str):
         """torch-pruning's group of every channel of `name` (what criteria score)."""
         module = self.modules[name]
-        return self.graph.get_pruning_group(module, _out_fn(module), list(range(_out_channels(module))))
+        return self.graph.get_pruning_group(module, _out_fn(module), list(range(out_channels(module))))
 
     def group(self, name: str) -> CoupledGroup:
         """The coupled group of `name` as the model stands now."""
         module = self.modules[name]
-        n = _out_channels(module)
+        n = out_channels(module)
         self.full_group(name)  # refreshes torch-pruning's concat/slice index mappings
         visits = list(_visits(self.graph, module, _out_fn(module), n))
         return _analyze(self, name, module, n, visits)
@@ -552,7 +553,7 @@ def prune_to_spec(model: nn.Module, spec: ChannelSpec, example_inputs: torch.Ten
     surgeon = Surgeon(model, example_inputs, ignored, notes, criterion)
     expected = dict(spec)
     for name in layers:
-        if name in spec and spec[name] < _out_channels(layers[name]):
+        if name in spec and spec[name] < out_channels(layers[name]):
             expected[name] = _prune_layer(surgeon, name, spec[name], criterion)
     model.train(was_training)
     _check_spec(model, expected)
@@ -600,4 +601,4 @@ def score_channels(model: nn.Module, layer: str, importance: str, example_inputs
     if criterion.needs_data:
         criterion.prepare(model, calibration or [])
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-    return criterion(graph.get_pruning_group(module, _out_fn(module), list(range(_out_channels(module)))))
+    return criterion(graph.get_pruning_group(module, _out_fn(module), list(range(out_channels(module)))))

@@ -213,9 +213,9 @@ class Evaluator:
         base = self.baseline_candidate
         if self.table is None or base is None or not base.p50_ms:
             return None
-        from edgeprune.targets.lut import predicted_measurement
+        from edgeprune.targets.lut import predict_p50
 
-        return predicted_measurement(self.table, model, self.ckpt.input_shape, self.target.name, base.p50_ms).p50_ms
+        return predict_p50(self.table, model, self.ckpt.input_shape, base.p50_ms)
 
     def _predict(self, c: Candidate, model: Optional[nn.Module] = None) -> None:
         """Latency for a candidate the target did not run: from the latency table when there is

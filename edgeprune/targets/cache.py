@@ -33,6 +33,14 @@ def cache_key(target: str, runtime_version: str, settings: dict[str, Any], model
     return json.dumps([target, runtime_version, settings, model_sha256], sort_keys=True)
 
 
+def connect(path: os.PathLike, schema: str) -> sqlite3.Connection:
+    """The cache's sqlite file (its folder made if missing), with `schema` applied."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0)
+    conn.execute(schema)
+    return conn
+
+
 class MeasurementCache:
     """Get and put Measurements; one sqlite file, safe across processes."""
 
@@ -40,10 +48,7 @@ class MeasurementCache:
         self.path = Path(path) if path else default_cache_path()
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        conn.execute(_SCHEMA)
-        return conn
+        return connect(self.path, _SCHEMA)
 
     def get(self, key: str) -> Optional[Measurement]:
         """The cached measurement for `key`, or None."""

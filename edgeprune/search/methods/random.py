@@ -149,10 +149,12 @@ class Method(Searcher):
         proxy refitted on every measurement so far), params for memory; for the accuracy
         policy a MACs share drawn per sample (None: decided in _sample)."""
         budget, baseline = self.ctx.policy.budget, history.baseline
-        if budget.kind in ("latency_ms", "latency_ratio") and self._predicted(self.ctx.model) is not None:
-            self.base_latency = self._predicted(self.ctx.model)
+        latency = budget.kind in ("latency_ms", "latency_ratio")
+        full = self._predicted(self.ctx.model) if latency else None
+        if full is not None:
+            self.base_latency = full
             return "latency", AIM * budget.limit(baseline)  # the target's latency table predicts each sample
-        if budget.kind in ("latency_ms", "latency_ratio"):
+        if latency:
             proxy = MacsProxy.fit(history)
             goal = proxy.macs_for(AIM * budget.limit(baseline))
             if goal < FLOOR * self.base_macs:  # the fit puts the budget below its overhead: look low

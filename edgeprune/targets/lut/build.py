@@ -31,6 +31,7 @@ from edgeprune.targets.lut.kernels import Layer, fixed_counts, model_layers, wit
 from edgeprune.targets.lut.table import (KernelTable, LatencyTable, TableStore, grid_axis, model_signature,
                                          summarize, volume)
 from edgeprune.targets.measurement import Measurement
+from edgeprune.targets.session import ARTIFACT_RUNTIME
 
 TABLE_VERSION = 1  # tables of another layout are never read
 GRID = (0.25, 0.5, 0.75, 1.0)  # shares of a kernel's unpruned channels measured per axis (on the multiple)
@@ -61,12 +62,10 @@ def on_multiple(model: nn.Module, ratios: Dict[str, float], multiple: int) -> Di
     runtime may be slower than the table says: onnxruntime x86 took 105 us at 16 input
     channels and 230 us at 18; ResNet-20 sub-networks cut that way were 62% within +-10%
     of the table, against 100% on the multiple)."""
+    from edgeprune.pruning import out_channels
+
     modules = dict(model.named_modules())
-    return {root: 1.0 if _width(modules[root]) <= multiple else keep for root, keep in ratios.items()}
-
-
-def _width(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+    return {root: 1.0 if out_channels(modules[root]) <= multiple else keep for root, keep in ratios.items()}
 
 
 def kernels_of(model: nn.Module, input_shape: Sequence[int], round_to: int = 1) -> List[Layer]:
@@ -116,7 +115,7 @@ class TableBuilder:
         the model's kernels."""
         if self._key is None:
             info = self.target.check()
-            runtime = "tflite" if self.fmt == "tflite" else "onnxruntime"
+            runtime = ARTIFACT_RUNTIME[f".{self.fmt}"]
             runtimes = info.get("runtimes") or {}
             if runtime not in runtimes:
                 raise BadInputError(f"{self.target.name}: runtime {runtime} is not on the device "
@@ -238,12 +237,11 @@ class TableBuilder:
             full = self._export(self.model, self.input_shape, Path(tmp) / f"full.{self.fmt}")
             for i in range(samples):
                 net = sub_network(self.model, self.input_shape, rng, round_to=self.round_to)
-                ratio = table.predict_ratio(layers_for(table, net, self.input_shape))
+                layers = layers_for(table, net, self.input_shape)
                 cmp = self.compare_network(full, net, Path(tmp) / f"check{i}")
-                predicted = ratio * cmp.a.p50_ms
+                predicted = table.predict_ratio(layers) * cmp.a.p50_ms
                 rows.append({"predicted_ms": round(predicted, 4), "measured_ms": round(cmp.b.p50_ms, 4),
-                             "full_ms": round(cmp.a.p50_ms, 4), "unanchored_ms": round(table.predict_ms(
-                                 layers_for(table, net, self.input_shape)), 4),
+                             "full_ms": round(cmp.a.p50_ms, 4), "unanchored_ms": round(table.predict_ms(layers), 4),
                              "error": round(predicted / cmp.b.p50_ms - 1, 4), "source": cmp.b.source})
                 bar.update(1)
         bar.close()
@@ -255,13 +253,19 @@ class TableBuilder:
         return result
 
 
+def predict_p50(table: LatencyTable, model: nn.Module, input_shape: Sequence[int],
+                baseline_p50_ms: Optional[float] = None) -> float:
+    """The table's p50 (ms) for `model`. With `baseline_p50_ms` (the full model measured today)
+    the prediction is anchored there: baseline x the table's ratio; else as on the day of the build."""
+    layers = layers_for(table, model, input_shape)
+    return table.predict_ratio(layers) * baseline_p50_ms if baseline_p50_ms else table.predict_ms(layers)
+
+
 def predicted_measurement(table: LatencyTable, model: nn.Module, input_shape: Sequence[int], target: str,
                           baseline_p50_ms: Optional[float] = None) -> Measurement:
-    """The table's latency for `model` as a Measurement with `source: predicted` and the
-    table's measured error (nothing of it was run). With `baseline_p50_ms` (the full model
-    measured today) the prediction is anchored there: baseline x the table's ratio."""
-    layers = layers_for(table, model, input_shape)
-    p50 = table.predict_ratio(layers) * baseline_p50_ms if baseline_p50_ms else table.predict_ms(layers)
+    """`predict_p50` as a Measurement with `source: predicted` and the table's measured error
+    (nothing of it was run)."""
+    p50 = predict_p50(table, model, input_shape, baseline_p50_ms)
     k = table.key
     err = table.error()
     anchor = "anchored at the baseline measured in this run" if baseline_p50_ms else "as on the day of the build"

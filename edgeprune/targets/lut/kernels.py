@@ -12,7 +12,7 @@ overhead that a table fits on whole-model measurements.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -221,8 +221,7 @@ def with_max(layers: List[Layer], full: Dict[str, Layer]) -> List[Layer]:
         if base is None:
             out.append(layer)
             continue
-        kind = KernelKind(**{**layer.kind.__dict__, "cin_max": base.kind.cin_max, "cout_max": base.kind.cout_max,
-                             "cin_fixed": base.kind.cin_fixed, "cout_fixed": base.kind.cout_fixed,
-                             "groups": base.kind.groups})
+        kind = replace(layer.kind, cin_max=base.kind.cin_max, cout_max=base.kind.cout_max,
+                       cin_fixed=base.kind.cin_fixed, cout_fixed=base.kind.cout_fixed, groups=base.kind.groups)
         out.append(Layer(layer.name, kind, layer.cin, layer.cout, layer.out_elems))
     return out

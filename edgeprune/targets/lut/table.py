@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgeprune.targets.cache import default_cache_path
+from edgeprune.targets.cache import connect, default_cache_path
 from edgeprune.targets.lut.kernels import KernelKind, Layer
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS latency_tables (key TEXT PRIMARY KEY, created REAL, data TEXT)"
@@ -231,12 +231,7 @@ class TableStore:
         self.path = path or default_cache_path()
 
     def _connect(self) -> sqlite3.Connection:
-        from pathlib import Path
-
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        conn.execute(_SCHEMA)
-        return conn
+        return connect(self.path, _SCHEMA)
 
     def get(self, key: Dict[str, Any]) -> Optional[LatencyTable]:
         conn = self._connect()
