@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from edgeprune.export._common import sqnr_db
+from edgeprune.export._common import sqnr_db, top1_agreement
 from edgeprune.export._litert import (dequantize_tensor, quantize_tensor, quiet_native, representative_dataset,
                                       require_quiet)
 
@@ -135,7 +135,7 @@ def agreement(int8_model: bytes, samples_nhwc: np.ndarray, reference: np.ndarray
         interp.invoke()
         logits.append(dequantize_tensor(interp.get_tensor(out["index"]), out))
     got = np.concatenate(logits).reshape(reference.shape)
-    return float(np.mean(got.argmax(-1) == reference.argmax(-1))), sqnr_db(reference, got)
+    return top1_agreement(reference, got), sqnr_db(reference, got)
 
 
 def best_int8(tf, model: bytes, samples_nhwc: np.ndarray, method: str, per_channel: bool, int8_io: bool,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import BadInputError
-from edgeprune.export._common import first_line, sqnr_db
+from edgeprune.export._common import first_line, sqnr_db, top1_agreement
 from edgeprune.export.config import CALIBRATIONS
 
 INPUT_NAME = "input"
@@ -267,7 +267,7 @@ def _score(artifact: Path, calibration: np.ndarray, reference: np.ndarray) -> Tu
     from edgeprune.export.runtime import load_runner
 
     logits = load_runner(artifact).run(calibration)
-    return float(np.mean(logits.argmax(1) == reference.argmax(1))), sqnr_db(reference, logits)
+    return top1_agreement(reference, logits), sqnr_db(reference, logits)
 
 
 def compact_names(graph: onnx.GraphProto, keep: Iterable[str] = ()) -> None:

@@ -40,6 +40,17 @@ def test_sqnr():
     assert sqnr_db(ref, ref * 1.1) == pytest.approx(20.0)
 
 
+def test_agreement_forgives_only_ties():
+    from edgeprune.export._common import top1_agreement
+
+    ref = np.array([[5.0, 5.0 - 1e-6, 0.0], [5.0, 4.0, 0.0], [1.0, 3.0, 2.0]])
+    flipped_tie = np.array([[4.9, 5.1, 0.0], [5.0, 4.0, 0.0], [1.0, 3.0, 2.0]])
+    assert top1_agreement(ref, flipped_tie) == 1.0  # a tie broken the other way agrees
+    flipped = np.array([[5.0, 4.0, 0.0], [4.0, 5.0, 0.0], [1.0, 3.0, 2.0]])
+    assert top1_agreement(ref, flipped) == pytest.approx(2 / 3)  # a 1.0-wide margin is no tie
+    assert top1_agreement(ref, -ref) == pytest.approx(0.0)
+
+
 def test_runner_rejects_wrong_input_shape(fp32_onnx):
     with pytest.raises(BadInputError, match=r"does not fit the artifact's input \[1, 1, 28, 28\]"):
         load_runner(fp32_onnx[1]).run(np.zeros((2, 3, 32, 32), np.float32))
