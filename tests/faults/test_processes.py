@@ -64,7 +64,7 @@ def test_emulate_down_leaves_nothing_running(artifacts):
                              emulation={"cpu_fraction": 0.5, "memory_mb": 512})
     with testing.emulated(t):
         state = emulate.status(t.name)
-        assert state["running"] and state["cfs"] == [2000, 4000]
+        assert state["running"] and state["cfs"] == [10000, 20000]
         t.measure(artifacts["tflite"], use_cache=False)
         cg = state["cgroups"]
     assert not emulate.status(t.name)["running"]

@@ -1,7 +1,8 @@
 """Create and remove the cgroup an emulated target runs in (cgroup v1 or v2), as root.
 
-CPU: a CFS quota of cpu_fraction of one core over a SHORT period (a few ms), so the limit
-behaves like a slower CPU instead of full-speed bursts followed by stalls (see DESIGN.md).
+CPU: a CFS quota of cpu_fraction of one core per period (20 ms by default); the agent averages
+run times over windows of whole periods, so the limit reads as a slower CPU (README, "Emulated
+latency").
 Memory: a hard limit with swap off, so a model that does not fit is OOM-killed.
 """
 from __future__ import annotations
