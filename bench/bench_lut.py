@@ -57,7 +57,8 @@ def table_row(arch: str, target, precision: str, samples: int) -> dict:
             "runtime": f"{table.key['runtime']} {table.key['runtime_version']}", "threads": table.key["threads"],
             "channel_multiple": table.key["round_to"], "kernel_kinds": len(table.kernels),
             "measurements": table.measurements, "build_s": round(build_s, 1), "check_s": round(time.time() - start, 1),
-            "fit": {"scale": table.scale, "per_element": table.per_element, "overhead": table.overhead},
+            "fit": {"scale": table.scale, "per_element": table.per_element, "overhead": table.overhead,
+                    "choice": table.fit_choice},
             **{k: check[k] for k in ("samples", "within_10pct", "median_abs_error", "max_abs_error")},
             "unanchored": check["unanchored"], "measured_source": check["measured_source"], "rows": check["rows"]}
 

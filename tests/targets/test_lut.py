@@ -100,6 +100,26 @@ def test_fit_recovers_the_overhead_and_the_activation_cost():
     assert again.overhead == table.overhead and again.fit_points == table.fit_points
 
 
+@pytest.mark.parametrize("e", [-4e-4, 0.0])
+def test_fit_chooses_the_activation_term_by_leave_one_out_error(e):
+    """A negative activation cost (kernels benched alone pay for copies the network does not)
+    is kept when it predicts held-out points better; with none in the data, the overhead alone wins."""
+    rng = np.random.default_rng(3)
+    table = LatencyTable({"k": 1}, {}, {}, full_sum=2.0, full_volume=1000)
+    u = 0.5
+    full = 2.0 + e * 1000 + u
+    table.fit_points = [{"sum_ms": s, "volume": v, "ratio": (s + e * v + u) / full * (1 + rng.normal(0, 0.01)),
+                         "full_ms": 3.0} for s, v in rng.uniform((0.4, 200), (1.8, 950), (8, 2))]
+    table.fit()
+    if e < 0:
+        assert table.fit_choice["model"] == "activations+overhead"
+        assert table.per_element == pytest.approx(e, rel=0.2)
+    else:
+        assert table.fit_choice["model"] == "overhead" and table.per_element == 0.0
+    assert set(table.fit_choice["loo_mean_abs_error"]) == {"overhead", "activations+overhead"}
+    assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))).fit_choice == table.fit_choice
+
+
 def test_store_never_returns_a_table_built_for_another_key(tmp_path):
     store = TableStore(tmp_path / "m.sqlite")
     key = {"hostname": "pi", "runtime_version": "1.32.0", "threads": 1, "precision": "fp32"}

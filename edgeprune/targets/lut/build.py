@@ -4,8 +4,9 @@ build: for each kernel kind of the model, the kernel alone is exported (ONNX or 
 target runs, at the table's precision) at a grid of channel counts on the target's channel
 multiple, and benched on the target interleaved with the full model (KERNEL_PROTOCOL): its
 value is its share of the full model's p50 times the median full-model p50 of the build; then FIT_SAMPLES random sub-networks are benched
-interleaved with the full model (A/B), and the per-network overhead is fitted through their
-measured ratios (the scale through the full model's p50). Every finished measurement is saved to the table at once,
+interleaved with the full model (A/B), and the per-network overhead (with a cost per activation
+element when it predicts held-out points better) is fitted through their measured ratios (the
+scale through the full model's p50). Every finished measurement is saved to the table at once,
 so an interrupted build resumes where it stopped.
 
 check: SAMPLES random sub-networks (random per-layer keep ratios, a different seed from the
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.errors import BadInputError
+from edgeprune.errors import BadInputError, TargetUnreachableError
 from edgeprune.targets.lut.kernels import Layer, fixed_counts, model_layers, with_max
 from edgeprune.targets.lut.table import (KernelTable, LatencyTable, TableStore, grid_axis, model_signature,
                                          summarize, volume)
@@ -118,13 +119,13 @@ class TableBuilder:
             runtime = ARTIFACT_RUNTIME[f".{self.fmt}"]
             runtimes = info.get("runtimes") or {}
             if runtime not in runtimes:
-                raise BadInputError(f"{self.target.name}: runtime {runtime} is not on the device "
-                                    f"(found: {', '.join(sorted(runtimes)) or 'none'})")
+                raise TargetUnreachableError(f"{self.target.name}: runtime {runtime} is not on the device "
+                                             f"(found: {', '.join(sorted(runtimes)) or 'none'})")
             dev = info.get("device") or {}
             emu = self.target.emulation
-            self._key = {"table_version": TABLE_VERSION, "target": self.target.name, "hostname": dev.get("hostname"), "cpu": dev.get("cpu"),
-                         "cores": dev.get("cores"), "emulation": vars(emu) if emu else None, "runtime": runtime,
-                         "runtime_version": str(runtimes[runtime]), "threads": self.target.default_threads(),
+            self._key = {"table_version": TABLE_VERSION, "target": self.target.name, "hostname": dev.get("hostname"),
+                         "cpu": dev.get("cpu"), "cores": dev.get("cores"), "emulation": vars(emu) if emu else None,
+                         "runtime": runtime, "runtime_version": str(runtimes[runtime]), "threads": self.target.default_threads(),
                          "precision": self.precision, "round_to": self.round_to,
                          "kernels": model_signature(self.layers, self.input_shape)}
         return self._key
@@ -184,8 +185,10 @@ class TableBuilder:
         table.fit()
         table.complete, table.build_seconds = True, time.time() - start
         self.store.put(table)
+        chosen = (table.fit_choice or {}).get("model", "no")
         self.log(f"{table.describe()}, built in {table.build_seconds:.0f} s; a network = "
-                 f"{table.scale:.3f} x (its kernels + {table.overhead:.3f} ms)")
+                 f"{table.scale:.3f} x (its kernels + {table.per_element * 1e6:.3g} ms per million activation "
+                 f"elements + {table.overhead:.3f} ms; the {chosen} fit, chosen by leave-one-out error)")
         return table
 
     def _empty(self) -> LatencyTable:
