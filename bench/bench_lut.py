@@ -14,7 +14,8 @@ random sub-networks and checked on MEMORY_SAMPLES others, on x86-ort.
                                         [--precisions fp32,int8] [--samples 50] [--memory-samples 20]
 
 emu-rpi4 needs root (cgroups, sshd). Prints a table and writes bench/results/lut.json
-(lut-TAG.json with --tag, for a run in parts).
+(lut-TAG.json with --tag, for a run in parts). Tables are saved after every measurement: with
+EDGEPRUNE_CACHE_DIR set to an interrupted run's cache, --resume finishes its tables.
 """
 from __future__ import annotations
 
@@ -42,21 +43,20 @@ MODELS = {"resnet20": (1, 28), "mobilenet_v2": (3, 224)}
 MEMORY_FIT = 5
 
 
-def table_row(arch: str, target, precision: str, samples: int) -> dict:
+def table_row(arch: str, target, precision: str, samples: int, resume: bool = False) -> dict:
     c, size = MODELS[arch]
     torch.manual_seed(0)
     model = create_model(arch, in_channels=c, input_size=size).eval()
     builder = TableBuilder(model, [c, size, size], target, precision, name=arch,
                            log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-    start = time.time()
-    table = builder.build(rebuild=True)
-    build_s = time.time() - start
+    table = builder.build(rebuild=not resume)
+    build_s = table.build_seconds  # across the runs of a resumed build
     start = time.time()
     check = builder.check(table, samples)
     return {"model": f"{arch} {c}x{size}x{size}", "target": target.name, "precision": precision,
             "runtime": f"{table.key['runtime']} {table.key['runtime_version']}", "threads": table.key["threads"],
             "channel_multiple": table.key["round_to"], "kernel_kinds": len(table.kernels),
-            "measurements": table.measurements, "build_s": round(build_s, 1), "check_s": round(time.time() - start, 1),
+            "measurements": table.measurements, "build_s": round(build_s, 1), "resumed": resume, "check_s": round(time.time() - start, 1),
             "fit": {"scale": table.scale, "per_element": table.per_element, "overhead": table.overhead,
                     "choice": table.fit_choice},
             **{k: check[k] for k in ("samples", "within_10pct", "median_abs_error", "max_abs_error")},
@@ -86,7 +86,7 @@ def main() -> int:
             for arch in args.models.split(","):
                 for precision in args.precisions.split(","):
                     print(f"{arch} on {target.name} at {precision}", file=sys.stderr, flush=True)
-                    rows.append(table_row(arch, target, precision, args.samples))
+                    rows.append(table_row(arch, target, precision, args.samples, args.resume))
         finally:
             if target.emulated:
                 emulate.down(target.name)
@@ -117,6 +117,8 @@ def _args():
     p.add_argument("--samples", type=int, default=50)
     p.add_argument("--memory-samples", type=int, default=20)
     p.add_argument("--tag", default="", help="write bench/results/lut-TAG.json (runs in parts)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the tables an interrupted run left in $EDGEPRUNE_CACHE_DIR instead of rebuilding")
     return p.parse_args()
 
 

@@ -58,14 +58,20 @@ def demo_target(preferred: str = DEMO_TARGET) -> Iterator[Any]:
 
     target = load_target(preferred)
     reason = _cannot_emulate()
+    already_up = False
     if reason is None:
         try:
+            already_up = bool(emulate.status(preferred)["running"])
             emulate.up(target)
         except EdgePruneError as exc:
             reason = str(exc)
     if reason is not None:
         log(f"cannot start {preferred} ({reason}); falling back to the local {FALLBACK_TARGET} target")
         yield load_target(FALLBACK_TARGET)
+        return
+    if already_up:  # someone else's emulator (a compress in another terminal): used, and left running
+        log(f"using the running {preferred} (emulated, not the board's numbers); it stays up afterwards")
+        yield target
         return
     log(f"started {preferred}: a real sshd on 127.0.0.1, agent in a cgroup (emulated, not the board's numbers)")
     try:

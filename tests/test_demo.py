@@ -29,3 +29,20 @@ def test_demo_starts_and_stops_the_emulated_pi():
     with demo.demo_target() as target:
         assert target.name == "emu-rpi4" and emulate.status("emu-rpi4")["running"]
     assert not emulate.status("emu-rpi4")["running"]
+
+
+@pytest.mark.skipif((not demo.Path("/usr/sbin/sshd").exists() or demo.os.geteuid() != 0)
+                    and demo.os.environ.get("CI") != "true", reason="needs root and sshd (fails under CI)")
+def test_demo_leaves_an_emulator_it_did_not_start_running(capsys):
+    """`make demo` beside a run that brought emu-rpi4 up must not pull the device from under it."""
+    from edgeprune.targets import emulate, load_target
+    emulate.up(load_target("emu-rpi4"))
+    try:
+        before = emulate.status("emu-rpi4")["pid"]
+        with demo.demo_target() as target:
+            assert target.name == "emu-rpi4"
+        assert emulate.status("emu-rpi4")["running"] and emulate.status("emu-rpi4")["pid"] == before
+        assert "stays up afterwards" in capsys.readouterr().err
+    finally:
+        emulate.down("emu-rpi4")
+
