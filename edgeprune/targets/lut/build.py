@@ -125,7 +125,8 @@ class TableBuilder:
             emu = self.target.emulation
             self._key = {"table_version": TABLE_VERSION, "target": self.target.name, "hostname": dev.get("hostname"),
                          "cpu": dev.get("cpu"), "cores": dev.get("cores"), "emulation": vars(emu) if emu else None,
-                         "runtime": runtime, "runtime_version": str(runtimes[runtime]), "threads": self.target.default_threads(),
+                         "runtime": runtime, "runtime_version": str(runtimes[runtime]),
+                         "threads": self.target.default_threads(),
                          "precision": self.precision, "round_to": self.round_to,
                          "kernels": model_signature(self.layers, self.input_shape)}
         return self._key
