@@ -146,8 +146,12 @@ class LatencyTable:
     def predict_ratio(self, layers: Sequence[Layer]) -> float:
         """p50 of these layers over the full model's: what a prediction anchored at a baseline
         measured today multiplies (drift on the device falls out)."""
-        full = self.full_sum + self.per_element * self.full_volume + self.overhead
-        return max(self._cost(layers), 1e-9) / max(full, 1e-9)
+        return self._ratio(self.layer_sum(layers), volume(layers), self.per_element, self.overhead)
+
+    def _ratio(self, sum_ms: float, vol: float, e: float, u: float) -> float:
+        """A network's p50 over the full model's, for kernel sum `sum_ms` and activation volume
+        `vol`, at activation cost `e` and overhead `u` (the fitted ones, or a candidate fit's)."""
+        return max(sum_ms + e * vol + u, 1e-9) / max(self.full_sum + e * self.full_volume + u, 1e-9)
 
     def fit(self) -> None:
         """The cost of the operators between kernels (per activation element) and the overhead,
@@ -192,8 +196,7 @@ class LatencyTable:
         errs = []
         for i, p in enumerate(pts):
             e, u = self._solve([q for j, q in enumerate(pts) if j != i], per_element)
-            full = self.full_sum + e * self.full_volume + u
-            errs.append(abs((p["sum_ms"] + e * p["volume"] + u) / full / p["ratio"] - 1.0) if full > 0 else 1.0)
+            errs.append(abs(self._ratio(p["sum_ms"], p["volume"], e, u) / p["ratio"] - 1.0))
         return float(np.mean(errs))
 
     def error(self) -> Dict[str, Any]:
@@ -201,8 +204,7 @@ class LatencyTable:
         if self.check:
             found = {k: self.check[k] for k in ("samples", "within_10pct", "median_abs_error", "max_abs_error")}
             return {**found, "measured_on": "held-out random sub-networks (lut check)"}
-        full = self.full_sum + self.per_element * self.full_volume + self.overhead
-        errs = [abs((p["sum_ms"] + self.per_element * p["volume"] + self.overhead) / full - p["ratio"]) / p["ratio"]
+        errs = [abs(self._ratio(p["sum_ms"], p["volume"], self.per_element, self.overhead) / p["ratio"] - 1.0)
                 for p in self.fit_points]
         return {**summarize(errs), "measured_on": "the fit's own sub-networks (not held out: run lut check)"}
 
