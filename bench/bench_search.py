@@ -1,18 +1,22 @@
 """The estimate's speed and its truth, side by side in one run (issue 15).
 
-Speed: the seconds one `estimate` takes (spec applied to the weights, BatchNorm recalibrated,
-validation top-1, cost computed), for ResNet-20 (1x28x28) and MobileNetV2 (3x32x32), both
+Speed: the seconds one `estimate` takes (spec applied to the weights, a few distillation steps,
+BatchNorm recalibrated, validation top-1, cost computed), for ResNet-20 (1x28x28) and MobileNetV2 (3x32x32), both
 trained on the built-in MNIST. Truth: for random specs of ResNet-20 at about half its MACs,
 the estimate's accuracy ranked against the accuracy after the `measure` fidelity's recovery
 (Spearman), with the raw accuracy (no BN recalibration) as the comparison EagleEye (Li et
-al., ECCV 2020) makes: recalibrated BN ranks pruned candidates, raw accuracy does not.
+al., ECCV 2020) makes: recalibrated BN ranks pruned candidates, raw accuracy does not. The
+estimate again at other step counts of its tiny fine-tune (--steps-sweep; 0: BN alone) shows
+what the steps buy, with their time.
 
     python bench/bench_search.py [--specs 20] [--finetune recover|measure] [--finetune-epochs 3]
-                                 [--bn-samples 512] [--bn-sweep 128,2048] [--workdir DIR]
+                                 [--steps 10] [--steps-sweep 0,20] [--bn-samples 512]
+                                 [--bn-sweep 128,2048] [--workdir DIR]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -155,6 +159,18 @@ def bn_sweep(ev: Evaluator, rows: List[dict], settings: Sequence[int]) -> None:
             r["bn_sweep"][str(n)] = evaluate(model, ev.data.val)["top1"]
 
 
+def steps_sweep(ev: Evaluator, rows: List[dict], settings: Sequence[int]) -> None:
+    """The estimate again (through an Evaluator of its own) at other tiny fine-tune step counts."""
+    for n in settings:
+        other = Evaluator(ev.ckpt, ev.target, ev.out, ev.data, ev.policy,
+                          dataclasses.replace(ev.cfg, estimate_steps=n))
+        for i, r in enumerate(rows):
+            t = time.perf_counter()
+            c = other.evaluate(Proposal(r["spec"], "estimate"), 1 + i)
+            r.setdefault("steps_sweep", {})[str(n)] = {"accuracy": c.accuracy,
+                                                       "seconds": round(time.perf_counter() - t, 4)}
+
+
 def finetune_all(ev: Evaluator, rows: List[dict], how: str, target) -> None:
     """The recovery the `measure` fidelity gives (BN recalibration, distillation fine-tune):
     through the Evaluator itself (also exports and measures latency), or recover() directly."""
@@ -199,8 +215,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
     cfg = EvaluatorConfig(finetune_epochs=args.finetune_epochs, finetune_samples=args.finetune_samples,
-                          estimate_bn_samples=args.bn_samples, seed=args.seed)
+                          estimate_bn_samples=args.bn_samples, estimate_steps=args.steps, seed=args.seed)
     sweep = [int(n) for n in args.bn_sweep.split(",") if n]
+    step_settings = [int(n) for n in args.steps_sweep.split(",") if n]
     target = load_target(args.target)
     speed, correlation, per_spec, models = [], None, {}, {}
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-search-") as tmp:
@@ -220,8 +237,9 @@ def main() -> None:
         if "resnet20" in evaluators:
             rows = per_spec["resnet20"]
             bn_sweep(evaluators["resnet20"], rows, sweep)
+            steps_sweep(evaluators["resnet20"], rows, step_settings)
             finetune_all(evaluators["resnet20"], rows, args.finetune, target)
-            correlation = correlations(rows, cfg.estimate_bn_samples, sweep)
+            correlation = correlations(rows, cfg, sweep, step_settings)
     wall = round(time.time() - start, 1)
     _print(speed, correlation, per_spec, models, args, cfg, wall)
     write_json(args.out, {"machine": machine(), "settings": vars(args), "evaluator": cfg.to_dict(),
@@ -235,7 +253,7 @@ def checkpoint(arch: str, workdir: Path) -> Checkpoint:
     return load_model(path) if path.exists() else trained(arch, workdir)
 
 
-def correlations(rows: List[dict], bn_samples: int, sweep: Sequence[int]) -> dict:
+def correlations(rows: List[dict], cfg: EvaluatorConfig, sweep: Sequence[int], step_settings: Sequence[int]) -> dict:
     """Spearman of each accuracy that costs no fine-tune against the fine-tuned accuracy.
 
     The truth is the fine-tuned accuracy on val + test (2,000 images): on 1,000 images alone
@@ -244,8 +262,12 @@ def correlations(rows: List[dict], bn_samples: int, sweep: Sequence[int]) -> dic
     out = {"n": len(rows), "truth": "fine-tuned top-1 on val + test",
            "estimate": spearman([r["estimate_accuracy"] for r in rows], truth),
            "raw": spearman([r["raw_accuracy"] for r in rows], truth),
-           "macs": spearman([r["macs"] for r in rows], truth), "bn_samples": bn_samples}
+           "macs": spearman([r["macs"] for r in rows], truth), "bn_samples": cfg.estimate_bn_samples,
+           "steps": cfg.estimate_steps}
     out["bn_sweep"] = {str(n): spearman([r["bn_sweep"][str(n)] for r in rows], truth) for n in sweep}
+    out["steps_sweep"] = {str(n): {"spearman": spearman([r["steps_sweep"][str(n)]["accuracy"] for r in rows], truth),
+                                   "median_s": statistics.median(r["steps_sweep"][str(n)]["seconds"] for r in rows)}
+                          for n in step_settings}
     out["estimate_vs_val_only"] = spearman([r["estimate_accuracy"] for r in rows],
                                            [r["finetuned_accuracy"] for r in rows])
     out["val_vs_test_finetuned"] = spearman([r["finetuned_accuracy"] for r in rows],
@@ -266,13 +288,19 @@ def _print(speed, correlation, per_spec, models, args, cfg, wall) -> None:
         print(f"\ntorch threads {args.threads}; wall {wall} s")
         return
     rows = per_spec["resnet20"]
-    table = [[f"estimate (BN recalibrated on {cfg.estimate_bn_samples} images)", f"{correlation['estimate']:.3f}",
-              _range(rows, "estimate_accuracy")],
+    median_s = next(s for s in speed if s["arch"] == "resnet20")["median_s"]
+    table = [[f"estimate ({cfg.estimate_steps} distillation steps of {cfg.estimate_batch}, BN recalibrated on "
+              f"{cfg.estimate_bn_samples} images; median {median_s:.2f} s)",
+              f"{correlation['estimate']:.3f}", _range(rows, "estimate_accuracy")],
              ["raw (no BN recalibration)", f"{correlation['raw']:.3f}", _range(rows, "raw_accuracy")],
              ["MACs (cost alone)", f"{correlation['macs']:.3f}", "-"]]
     table += [[f"estimate, BN recalibrated on {n} images", f"{rho:.3f}",
                f"{min(r['bn_sweep'][n] for r in rows):.1f}-{max(r['bn_sweep'][n] for r in rows):.1f}"]
               for n, rho in correlation["bn_sweep"].items()]
+    for n, found in correlation["steps_sweep"].items():
+        accs = [r["steps_sweep"][n]["accuracy"] for r in rows]
+        table.append([f"estimate with {n} distillation steps (median {found['median_s']:.2f} s)",
+                      f"{found['spearman']:.3f}", f"{min(accs):.1f}-{max(accs):.1f}"])
     table.append(["estimate vs fine-tuned on val only (1,000 images)",
                   f"{correlation['estimate_vs_val_only']:.3f}", "-"])
     table.append(["fine-tuned test vs fine-tuned val (the truth's own noise)",
@@ -318,6 +346,9 @@ def _args():
     p.add_argument("--bn-samples", type=int, default=EvaluatorConfig.estimate_bn_samples,
                    help="images that recalibrate BatchNorm in an estimate")
     p.add_argument("--bn-sweep", default="128,2048", help="other BN sample counts to rank with (cheap)")
+    p.add_argument("--steps", type=int, default=EvaluatorConfig.estimate_steps,
+                   help="distillation steps in an estimate (0: BN recalibration alone)")
+    p.add_argument("--steps-sweep", default="0,20", help="other estimate step counts to rank with")
     p.add_argument("--target", default="x86-ort")
     p.add_argument("--workdir", help="keep (and reuse) the trained checkpoints here")
     p.add_argument("--out", default="search", help="results file name: bench/results/OUT.json")

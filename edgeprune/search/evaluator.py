@@ -1,12 +1,15 @@
 """The Evaluator: a Proposal in, a Candidate out, at one of two fidelities (and a shapes-only
 latency point). Searchers never talk to targets; the Evaluator does, through Target.
 
-- estimate: the spec applied to the weights, BatchNorm recalibrated on a few batches,
-  validation accuracy with no fine-tune; params, MACs and bytes computed; latency from the
-  target's latency table when one was built for the model (`source: predicted`, anchored at
-  the baseline measured in the run), else from the FLOPs proxy (`source: proxy`). Milliseconds to a second: thousands fit in a search.
-  EagleEye (Li et al., ECCV 2020) showed that BN-recalibrated accuracy ranks pruned
-  candidates far better than raw accuracy.
+- estimate: the spec applied to the weights, a tiny fine-tune (`estimate_steps` steps of the
+  measure fidelity's distillation, on training batches whose teacher logits are computed once
+  per run), BatchNorm recalibrated on a few batches, validation accuracy; params, MACs and
+  bytes computed; latency from the target's latency table when one was built for the model
+  (`source: predicted`, anchored at the baseline measured in the run), else from the FLOPs
+  proxy (`source: proxy`). About a second: thousands fit in a search. EagleEye (Li et al.,
+  ECCV 2020) showed that BN-recalibrated accuracy ranks pruned candidates far better than raw
+  accuracy; a few distillation steps rank them closer still to their fine-tuned accuracy
+  (bench/bench_search.py).
 - measure: fine-tuned (BN recalibration, then distillation from the unpruned model),
   exported, MEASURED on the target and kept as a state later proposals can start from. Under
   a ratio budget (0.5x) every candidate is benched interleaved with the baseline artifact, and
@@ -33,7 +36,7 @@ from edgeprune.data import LabeledData
 from edgeprune.errors import BadInputError
 from edgeprune.models import Checkpoint, reload, save_checkpoint
 from edgeprune.pruning import PruneConfig, prune
-from edgeprune.pruning.recovery import RecoveryConfig, recover
+from edgeprune.pruning.recovery import RecoveryConfig, SoftTargets, quick_distill, recover
 from edgeprune.search.candidate import Candidate
 from edgeprune.search.history import History
 from edgeprune.search.policy import Policy
@@ -54,6 +57,8 @@ class EvaluatorConfig:
         runs, threads: measurement settings (None: the target's protocol defaults).
         finetune_epochs, finetune_samples, finetune_lr, distill: recovery at the measure
             fidelity (lr None: the checkpoint's optimizer family at a reduced rate).
+        estimate_steps, estimate_batch: the estimate's tiny fine-tune, in distillation steps of
+            this many images (0: BatchNorm recalibration alone).
         estimate_bn_samples: training images that recalibrate BatchNorm in an estimate.
         calibration_samples: images for int8 calibration and data-driven criteria.
     """
@@ -65,6 +70,8 @@ class EvaluatorConfig:
     finetune_samples: int = 8000
     finetune_lr: Optional[float] = None
     distill: float = 0.5
+    estimate_steps: int = 10
+    estimate_batch: int = 64
     estimate_bn_samples: int = 512
     calibration_samples: int = 256
     round_to: int = 1
@@ -75,8 +82,10 @@ class EvaluatorConfig:
         self.ignored = tuple(self.ignored)
         if self.precision not in PRECISIONS:
             raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.finetune_epochs < 0 or self.finetune_samples < 1 or self.estimate_bn_samples < 1:
-            raise BadInputError("finetune_epochs must be >= 0, finetune_samples and estimate_bn_samples >= 1")
+        if self.finetune_epochs < 0 or self.estimate_steps < 0 or min(
+                self.finetune_samples, self.estimate_bn_samples, self.estimate_batch) < 1:
+            raise BadInputError("finetune_epochs and estimate_steps must be >= 0; finetune_samples, "
+                                "estimate_bn_samples and estimate_batch >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +113,7 @@ class Evaluator:
         self.baseline_candidate: Optional[Candidate] = None
         self.proxy: Optional[MacsProxy] = None
         self.counts = {"estimate": 0, "measure": 0, "latency": 0}
+        self._soft_targets: Optional[SoftTargets] = None
 
     @property
     def fmt(self) -> str:
@@ -152,6 +162,8 @@ class Evaluator:
 
     def _estimate(self, p: Proposal, iteration: int, seed: int) -> Candidate:
         model = self.apply(p)
+        if self.cfg.estimate_steps:
+            quick_distill(model, self.soft_targets(), self.ckpt.metadata, self.ckpt.arch, self.cfg.distill)
         recalibrate_bn(model, self.data.train, samples=self.cfg.estimate_bn_samples)
         report = analyze(model, self.ckpt.input_shape)
         c = Candidate(iteration, p, "", accuracy=evaluate(model, self.data.val)["top1"],
@@ -191,6 +203,13 @@ class Evaluator:
             cfg = PruneConfig(spec=dict(p.spec), importance=p.importance, ignored=self.cfg.ignored)
             prune(model, cfg, self.ckpt.example_input(), self.data.calibration, notes=notes)
         return model.eval()
+
+    def soft_targets(self) -> SoftTargets:
+        """The estimate's distillation batches with the unpruned model's logits (built once)."""
+        if self._soft_targets is None:
+            self._soft_targets = SoftTargets.of(self.ckpt.model, self.data.train, self.cfg.estimate_steps,
+                                                self.cfg.estimate_batch, self.cfg.seed)
+        return self._soft_targets
 
     def _measured_candidate(self, p: Proposal, iteration: int, model: nn.Module, path: Path) -> Candidate:
         report = analyze(model, self.ckpt.input_shape, self.ckpt.arch)

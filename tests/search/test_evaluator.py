@@ -1,6 +1,7 @@
 """The Evaluator on a trained model and the real x86-ort target: an estimate touches no
 target and labels its latency a proxy; a measurement fine-tunes, exports and measures, and
 both sides of a call pickle (a distributed executor can run them elsewhere)."""
+import dataclasses
 import pickle
 
 import pytest
@@ -51,6 +52,24 @@ def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluat
     unpruned = ev.evaluate(Proposal({}, "estimate"), history.next_iteration)
     assert abs(unpruned.accuracy - history.baseline.accuracy) < 5  # BN recalibration alone changes little
     assert pickle.loads(pickle.dumps(c)) == c
+
+
+def test_an_estimate_distills_a_few_steps_on_teacher_logits_computed_once(evaluator):
+    ev, history = evaluator
+    spec = spec_for_ratio(ev.ckpt.model, 0.5)
+    bn_only = Evaluator(ev.ckpt, ev.target, ev.out, ev.data, ev.policy, dataclasses.replace(ev.cfg, estimate_steps=0))
+    before = bn_only.evaluate(Proposal(spec, "estimate"), history.next_iteration)
+    tuned = ev.evaluate(Proposal(spec, "estimate"), history.next_iteration)
+    assert tuned.accuracy > before.accuracy + 5  # the tiny fine-tune recovers part of what surgery lost
+    assert bn_only._soft_targets is None  # estimate_steps=0: no teacher pass at all
+    targets = ev.soft_targets()
+    assert ev.soft_targets() is targets and len(targets.batches) == ev.cfg.estimate_steps
+    x, y, logits = targets.batches[0]
+    assert len(x) == ev.cfg.estimate_batch == len(y)
+    with torch.no_grad():
+        assert torch.allclose(logits, ev.ckpt.model.eval()(x), atol=1e-5)
+    again = ev.evaluate(Proposal(spec, "estimate"), history.next_iteration)
+    assert again.accuracy == tuned.accuracy  # an estimate is a function of the proposal
 
 
 def test_a_measurement_fine_tunes_exports_and_measures_on_the_target(evaluator):
