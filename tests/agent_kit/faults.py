@@ -704,7 +704,10 @@ def client_gone(target: Target, artifact: Path, folder: Path, how: str) -> Outco
         argv = [str(EDGEPRUNE), "profile", str(artifact), "--profile", str(profile), "--no-cache"]
     else:
         argv = [sys.executable, "-c", CLIENT, str(profile), str(artifact)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), text=True)
+    # SIGINT as a terminal's Ctrl-C finds it: a shell starts background jobs with SIGINT ignored,
+    # and the CLI would inherit that from a bench or suite run in the background
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     mark = target.workdir
     try:
         if busy_bench(mark, 90) is None:
