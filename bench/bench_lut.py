@@ -72,13 +72,13 @@ def memory_row(arch: str, target, samples: int, work: Path) -> dict:
     paths = [export_artifact(sub_network(model, [c, size, size], rng), work / f"{arch}-{i}.onnx",
                              input_shape=[c, size, size]) for i in range(MEMORY_FIT + samples)]
     found = check_peak_memory(target, paths, fit_count=MEMORY_FIT)
-    return {"model": f"{arch} {c}x{size}x{size}", "target": target.name, **found}
+    return {**found, "model": f"{arch} {c}x{size}x{size}", "memory_model": found["model"], "target": target.name}
 
 
 def main() -> int:
     args = _args()
     os.environ.setdefault("EDGEPRUNE_CACHE_DIR", tempfile.mkdtemp(prefix="edgeprune-bench-lut-"))
-    targets = [load_target(t) for t in args.targets.split(",")]
+    targets = [load_target(t) for t in args.targets.split(",") if t]  # "" : the memory check alone
     rows, memory = [], []
     for target in targets:
         if target.emulated:
