@@ -153,9 +153,11 @@ def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str, teacher: Opti
     for x, y in bar:
         x = random_shift(x, cfg.shift)
         logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
+        teacher_logits = None
         if teacher is not None and cfg.distill > 0:
-            loss = (1 - cfg.distill) * loss + cfg.distill * _soft_loss(logits, teacher, x, cfg.temperature)
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+        loss = recovery_loss(logits, y, teacher_logits, cfg.distill, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -165,10 +167,16 @@ def _epoch(model, loader, opt, sched, cfg: TrainConfig, desc: str, teacher: Opti
     return total / max(count, 1)
 
 
-def _soft_loss(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, t: float) -> torch.Tensor:
-    with torch.no_grad():
-        soft = nn.functional.softmax(teacher(x) / t, dim=1)
-    return nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t * t
+def recovery_loss(logits: torch.Tensor, y: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+                  distill: float, t: float) -> torch.Tensor:
+    """Cross-entropy, mixed with weight `distill` with the KL divergence to the teacher's
+    logits softened at temperature `t` (none without teacher logits)."""
+    loss = nn.functional.cross_entropy(logits, y)
+    if teacher_logits is None or distill <= 0:
+        return loss
+    soft = nn.functional.softmax(teacher_logits / t, dim=1)
+    kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t * t
+    return (1 - distill) * loss + distill * kd
 
 
 @torch.no_grad()

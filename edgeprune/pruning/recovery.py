@@ -93,23 +93,19 @@ class SoftTargets:
 
 
 def quick_distill(model: nn.Module, targets: SoftTargets, metadata: Dict[str, Any], arch: str = "",
-                  distill: float = 0.5, temperature: float = 4.0) -> None:
+                  distill: float = 0.5) -> None:
     """One pass over `targets` in place: the recovery's loss (cross-entropy mixed with the
     teacher's softened logits) in the checkpoint's optimizer family, its lr schedule squeezed
     into these few steps. BatchNorm's running statistics are left for the caller to
     recalibrate (training batches use their own)."""
-    from edgeprune.train import TrainConfig, finetune_recipe, make_optimizer
+    from edgeprune.train import TrainConfig, finetune_recipe, make_optimizer, recovery_loss
 
     recipe = finetune_recipe(metadata, arch)
     cfg = TrainConfig(epochs=1, lr=recipe["lr"], optimizer=recipe["optimizer"], progress=False)
     opt, sched = make_optimizer(model, cfg, len(targets.batches))
     model.train()
     for x, y, teacher_logits in targets.batches:
-        logits = model(x)
-        soft = nn.functional.softmax(teacher_logits / temperature, dim=1)
-        kd = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, dim=1), soft,
-                                  reduction="batchmean") * temperature ** 2
-        loss = (1 - distill) * nn.functional.cross_entropy(logits, y) + distill * kd
+        loss = recovery_loss(model(x), y, teacher_logits, distill, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
