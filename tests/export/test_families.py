@@ -3,6 +3,8 @@ int8 that keeps sensitive layers (SE gates and multiplies, hardswish, first and 
 in float, says which in `float_layers`, and agrees with PyTorch on trained weights."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import pytest
@@ -15,7 +17,9 @@ from edgeprune.models import Checkpoint
 from tests.export.conftest import _fit, block_network
 
 SHAPE = (3, 32, 32)
-TRAIN_STEPS = 200
+# 500 steps: ~92% test accuracy. At 200 (~87%) near-tied logits made int8 agreement on unseen
+# images a coin toss around 0.98 (0.968-0.992 over six seeds, rules alone; CI's CPU drew 0.968)
+TRAIN_STEPS = 500
 SAMPLES = 1000
 
 
@@ -138,14 +142,7 @@ def test_gelu_and_ghost_blocks_export_to_tflite(family, tmp_path, no_network):
     assert ("GELU" in ops) == (family == "convnext"), ops
 
 
-@pytest.mark.parametrize("name", ["se_hardswish", "grouped"])
-@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_int8_keeps_sensitive_layers_in_float_and_agrees(trained, int8_artifacts, mnist32, name, fmt):
-    path = int8_artifacts(name)[fmt]
-    result = verify(path, trained(name), mnist32[1], samples=SAMPLES)
-    assert result.passed and result.top1_agreement >= 0.98, result.to_dict()
-    layers = result.to_dict()["float_layers"]
-    assert layers == float_layers(path) and result.precision == "mixed"
+def _rule_layers(name: str, layers: list) -> None:
     gates = [n for n in layers if "HardSigmoid" in n or n.startswith("RELU_0_TO_1")]
     muls = [n for n in layers if n.startswith("MUL ") or (n.startswith("/") and n.endswith("/Mul"))]
     if name == "se_hardswish":  # one SE per block: its gate and the multiply it drives
@@ -154,6 +151,38 @@ def test_int8_keeps_sensitive_layers_in_float_and_agrees(trained, int8_artifacts
         assert gates == muls == [] and len(layers) == 2, layers
     assert layers[0].split()[0] in ("/0/0.0/Conv", "CONV_2D")
     assert layers[-1].split()[0] in ("/5/Gemm", "FULLY_CONNECTED")
+
+
+@pytest.mark.parametrize("name", ["se_hardswish", "grouped"])
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_int8_rules_keep_sensitive_layers_in_float(trained, int8_artifacts, mnist32, name, fmt):
+    """The rules alone (fallback off) float exactly the sensitive layers, and the float/int8
+    splice still classifies (>= 0.95); the 0.98 agreement is the defaults' job (next test): on
+    this small SE net rules alone measured 0.97-0.99 on unseen images, all-int8 0.98-0.99."""
+    path = int8_artifacts(name)[fmt]
+    result = verify(path, trained(name), mnist32[1], samples=SAMPLES)
+    assert result.top1_agreement >= 0.95, result.to_dict()
+    layers = result.to_dict()["float_layers"]
+    assert layers == float_layers(path) and result.precision == "mixed"
+    _rule_layers(name, layers)
+
+
+@pytest.mark.parametrize("name", ["se_hardswish", "grouped"])
+def test_int8_defaults_agree_on_unseen_images(trained, int8_artifacts, mnist32, tmp_path, name):
+    """Export's defaults (rules, then the measured fallback on check images of the training
+    set) give >= 98% top-1 agreement on 1,000 test images, ONNX and TFLite, and float at least
+    the rules' layers. Measured over six seeds: 0.983-0.999."""
+    jobs = {tmp_path / f"{name}.{fmt}": ExportConfig(format=fmt, precision="int8") for fmt in ("onnx", "tflite")}
+    with pytest.MonkeyPatch.context() as mp:
+        block_network(mp)
+        paths = export_many(trained(name), jobs, data=mnist32[0])
+    for path, fmt in zip(paths, ("onnx", "tflite")):
+        result = verify(path, trained(name), mnist32[1], samples=SAMPLES)
+        assert result.passed and result.top1_agreement >= 0.98, result.to_dict()
+        rules, floated = float_layers(int8_artifacts(name)[fmt]), result.to_dict()["float_layers"]
+        if fmt == "tflite":  # tensor names are numbered per conversion: compare the ops
+            rules, floated = ([n.split()[0] for n in names] for names in (rules, floated))
+        assert not Counter(rules) - Counter(floated), (rules, floated)
 
 
 def test_silu_is_not_a_gate_but_se_sigmoid_is(tmp_path):
