@@ -181,6 +181,22 @@ def test_build_resumes_after_an_interruption_and_check_measures(table_target, mo
     assert 0 < m.p50_ms <= 2.0 * 1.5
 
 
+def test_int8_table_times_all_int8_kernels_and_networks(table_target, tmp_path):
+    """No float rule or fallback in a table's int8 exports: a lone kernel's only layer would
+    otherwise be floated as a "first layer", and the network would not match its kernels."""
+    from edgeprune.export import float_layers
+    from edgeprune.export.onnx import onnx_precision
+
+    torch.manual_seed(0)
+    builder = TableBuilder(Tiny().eval(), [1, 16, 16], table_target, "int8", name="tiny", progress=False)
+    kind = builder.layers[1].kind
+    cin, cout = kind.counts(kind.axes_max())
+    kernel = builder._export(kind.module(cin, cout), kind.input_shape(cin), tmp_path / "kernel.onnx")
+    network = builder._export(builder.model, [1, 16, 16], tmp_path / "net.onnx")
+    for path in (kernel, network):
+        assert onnx_precision(path) == "int8" and float_layers(path) == [], path
+
+
 def test_lut_cli_builds_checks_and_refuses_bad_input(tmp_path, isolated_state):
     import yaml
 

@@ -43,6 +43,12 @@ COMPARE_ROUNDS = 3  # A/B rounds of a sub-network against the full model (fit an
 KEEP_RANGE = (0.2, 1.0)  # per-group keep ratios of the random sub-networks
 PROBE_KEEP = 0.3  # the heavily pruned copy that shows which counts sub-networks never change
 CALIBRATION_SAMPLES = 8  # random images calibrate an int8 kernel: latency needs shapes
+# An int8 table times all-int8 graphs, kernels and networks alike: the float rules (first and
+# last layer, gates) would float a lone kernel's only layer, and the measured fallback reads
+# weights, which a table does not have. Calibration choice and bias correction change values,
+# not time.
+INT8_TABLE_EXPORT = {"float_sensitive": False, "min_agreement": 0.0, "calibration": "minmax",
+                     "bias_correction": False, "calibration_samples": CALIBRATION_SAMPLES, "check_samples": 0}
 
 
 def sub_network(model: nn.Module, input_shape: Sequence[int], rng: np.random.Generator,
@@ -220,10 +226,11 @@ class TableBuilder:
     def _export(self, module: nn.Module, shape: Sequence[int], path: Path) -> Path:
         from edgeprune.export import export_artifact
 
-        data = None
+        data, options = None, {}
         if self.precision == "int8":
             data = np.random.default_rng(0).standard_normal((CALIBRATION_SAMPLES, *shape)).astype(np.float32)
-        return export_artifact(module, path, precision=self.precision, data=data, input_shape=list(shape))
+            options = INT8_TABLE_EXPORT
+        return export_artifact(module, path, precision=self.precision, data=data, input_shape=list(shape), **options)
 
     # ------------------------------------------------------------------ check
 
