@@ -49,8 +49,11 @@ def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluat
     assert 0 <= c.accuracy <= 100 and c.good is not None and c.met_budget is False  # a proxy never meets
     assert c.p50_ms == pytest.approx(history.baseline.p50_ms * c.macs / history.baseline.macs, rel=1e-6)
     assert ev.counts["estimate"] == before["estimate"] + 1 and ev.counts["measure"] == before["measure"]
-    unpruned = ev.evaluate(Proposal({}, "estimate"), history.next_iteration)
-    assert abs(unpruned.accuracy - history.baseline.accuracy) < 5  # BN recalibration alone changes little
+    # BN recalibration alone changes the unpruned model little (the tiny fine-tune, on by
+    # default, lifts this 1-epoch model by 10+ points: that is what the next test checks)
+    bn_only = Evaluator(ev.ckpt, ev.target, ev.out, ev.data, ev.policy, dataclasses.replace(ev.cfg, estimate_steps=0))
+    unpruned = bn_only.evaluate(Proposal({}, "estimate"), history.next_iteration)
+    assert abs(unpruned.accuracy - history.baseline.accuracy) < 5
     assert pickle.loads(pickle.dumps(c)) == c
 
 
