@@ -20,21 +20,24 @@ from edgeprune.export.sensitive import sensitive_onnx_nodes, sensitive_tflite_op
 
 
 def export(model_or_checkpoint: Any, cfg: ExportConfig, out: str | Path, data: Any = None,
-           weights: Optional[str] = None) -> Path:
+           weights: Optional[str] = None, check_data: Any = None) -> Path:
     """Export a model (nn.Module, Checkpoint or checkpoint path) to `out`; returns the path.
 
     `data` (a data set name or path, LabeledData, or NCHW arrays) calibrates int8; when None
-    the checkpoint's own data set is used. Nothing is left at `out` if anything fails.
+    the checkpoint's own data set is used. `check_data` (the same kinds), when given, is what
+    the int8 float fallback measures agreement on: pass images the model did not train on
+    (a validation split). Nothing is left at `out` if anything fails.
     """
-    return export_many(model_or_checkpoint, {out: cfg}, data=data, weights=weights)[0]
+    return export_many(model_or_checkpoint, {out: cfg}, data=data, weights=weights, check_data=check_data)[0]
 
 
 def export_many(model_or_checkpoint: Any, jobs: Mapping[str | Path, ExportConfig], data: Any = None,
-                weights: Optional[str] = None) -> List[Path]:
+                weights: Optional[str] = None, check_data: Any = None) -> List[Path]:
     """Export one model to several artifacts ({out: config}), converting it to ONNX and, for
     TFLite, to a TensorFlow model once for all of them. Returns the paths in the order given.
 
     Calibration data is checked before any file is written; each artifact is written atomically.
+    `check_data` as in `export`.
     """
     todo = [(Path(out), cfg) for out, cfg in jobs.items()]
     if not todo:
@@ -44,8 +47,9 @@ def export_many(model_or_checkpoint: Any, jobs: Mapping[str | Path, ExportConfig
         raise BadInputError("export_many needs the same input_shape in every config")
     src = resolve_model(model_or_checkpoint, shapes.pop(), weights)
     calibration = _calibration(src, [cfg for _, cfg in todo], data)
+    held_out = _held_out(src, [cfg for _, cfg in todo], check_data)
     with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as work:
-        stages = _Stages(src, Path(work), calibration)
+        stages = _Stages(src, Path(work), calibration, held_out)
         for out, cfg in todo:
             with atomic_path(out) as tmp:
                 _write(stages, cfg, tmp)
@@ -53,10 +57,10 @@ def export_many(model_or_checkpoint: Any, jobs: Mapping[str | Path, ExportConfig
 
 
 def export_artifact(model_or_checkpoint: Any, out: str | Path, precision: str = "fp32",
-                    data: Any = None, **options: Any) -> Path:
+                    data: Any = None, check_data: Any = None, **options: Any) -> Path:
     """Shorthand: the format comes from the suffix of `out` (.onnx or .tflite)."""
     cfg = ExportConfig.for_path(out, precision=precision, **options)
-    return export(model_or_checkpoint, cfg, out, data=data)
+    return export(model_or_checkpoint, cfg, out, data=data, check_data=check_data)
 
 
 def _calibration(src: Source, cfgs: Sequence[ExportConfig], data: Any) -> Optional[np.ndarray]:
@@ -71,12 +75,22 @@ def _calibration(src: Source, cfgs: Sequence[ExportConfig], data: Any) -> Option
     return resolve_data(data, src.input_shape, limit=max(wanted)).x
 
 
+def _held_out(src: Source, cfgs: Sequence[ExportConfig], check_data: Any) -> Optional[np.ndarray]:
+    """The int8 fallback's check samples from `check_data` (as many as the largest config asks);
+    None without check_data or int8 configs that check."""
+    wanted = [cfg.check_samples for cfg in cfgs if cfg.precision == "int8" and cfg.check_samples]
+    if check_data is None or not wanted:
+        return None
+    return resolve_data(check_data, src.input_shape, limit=max(wanted)).x
+
+
 class _Stages:
     """The intermediate fp32 ONNX files and onnx2tf models of one export_many call, made once."""
 
-    def __init__(self, src: Source, work: Path, calibration: Optional[np.ndarray]):
+    def __init__(self, src: Source, work: Path, calibration: Optional[np.ndarray],
+                 held_out: Optional[np.ndarray] = None):
         self.src, self.work = src, work
-        self.calibration = calibration
+        self.calibration, self.held_out = calibration, held_out
         self._onnx: Dict[Tuple, Path] = {}
         self._tf: Dict[Path, Any] = {}
         self._corrected: Dict[Tuple, Path] = {}
@@ -87,9 +101,12 @@ class _Stages:
         return self.calibration[:cfg.calibration_samples]
 
     def checks(self, cfg: ExportConfig) -> Optional[np.ndarray]:
-        """Held-out samples the int8 float fallback measures agreement on (see ExportConfig)."""
+        """Held-out samples the int8 float fallback measures agreement on: the check data's,
+        else the data set's after the calibration ones (see ExportConfig)."""
         if cfg.precision != "int8" or self.calibration is None:
             return None
+        if self.held_out is not None and cfg.check_samples:
+            return self.held_out[:cfg.check_samples]
         held_out = self.calibration[cfg.calibration_samples:cfg.calibration_samples + cfg.check_samples]
         return held_out if len(held_out) else self.samples(cfg)
 
@@ -206,9 +223,10 @@ def _tflite_fallback(stages: _Stages, cfg: ExportConfig, first: bytes) -> bytes:
     def score(model: bytes) -> Tuple[float, float]:
         return _tflite_calibration.agreement(model, checks_nhwc, reference)
 
-    def ranked() -> List[List[str]]:
-        base = rungs()
-        costly = fallback.costly_tflite_ops(base.float_model, base.build([]), base.samples_nhwc)
+    def ranked(model: bytes) -> List[List[str]]:
+        base = rungs()  # the first ranking reads the plain int8 model, later ones the last rung
+        costly = fallback.costly_tflite_ops(base.float_model, base.build([]) if model is first else model,
+                                            base.samples_nhwc)
         pinned = set(base.keep) | set(base.pinned)
         return [[op for op in ops if op not in pinned] for ops, _ in costly]
 

@@ -173,9 +173,10 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bo
                 quantize_as(src, out, calibration, per_channel, [*exclude, *floated], method)
                 return out, _score(out, checks, reference)
 
-            def ranked() -> List[List[str]]:
+            def ranked(artifact: Path) -> List[List[str]]:
                 pinned = {*exclude, *keep_int8}
-                return [[n for n in names if n not in pinned] for names, _ in fallback.costly_nodes(src, dst, calibration)]
+                costly = fallback.costly_nodes(src, artifact, calibration)
+                return [[n for n in names if n not in pinned] for names, _ in costly]
 
             chosen, _, floated = fallback.ladder(dst, _score(dst, checks, reference), min_agreement, ranked, build)
             if floated:

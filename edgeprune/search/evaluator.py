@@ -296,12 +296,14 @@ class Evaluator:
                 "int8_slower": d["slower"], "source": m.source}
 
     def export(self, model: nn.Module, artifact: Path, precision: Optional[str] = None) -> Path:
-        """Export `model` as the run's checkpoint kind, calibrating int8 on training images."""
+        """Export `model` as the run's checkpoint kind, calibrating int8 on training images; the
+        float fallback checks agreement on validation images (training ones agree more)."""
         from edgeprune.export import export_artifact
 
         ckpt = Checkpoint(model.eval(), self.ckpt.arch, self.ckpt.arch_kwargs, {}, self.ckpt.metadata)
         calib = self.data.train.subset(self.cfg.calibration_samples)
-        return export_artifact(ckpt, artifact, precision=precision or self.cfg.precision, data=calib)
+        return export_artifact(ckpt, artifact, precision=precision or self.cfg.precision, data=calib,
+                               check_data=self.data.val)
 
     def _save_state(self, iteration: int, model: nn.Module) -> None:
         save_checkpoint(self.state_path(iteration), model, self.ckpt.arch, self.ckpt.arch_kwargs, self.ckpt.metadata)

@@ -40,6 +40,7 @@ def run_family(name: str, work: Path, epochs: int = 1, samples: int = 6000, test
     work.mkdir(parents=True, exist_ok=True)
     train_set = load_dataset("mnist", "train", channels=SHAPE[0], size=SHAPE[1]).subset(samples)
     test_set = load_dataset("mnist", "test", channels=SHAPE[0], size=SHAPE[1]).subset(test_samples)
+    val_set = load_dataset("mnist", "val", channels=SHAPE[0], size=SHAPE[1])  # int8's check images
     record: Dict[str, Any] = {"family": name, "arch": family_refs()[name], "steps": {}}
     steps = record["steps"]
     ckpt_path = work / f"{name}.pt"
@@ -56,11 +57,11 @@ def run_family(name: str, work: Path, epochs: int = 1, samples: int = 6000, test
         return record
     model = _load(record["arch"], pruned)
     outs = {(fmt, precision): work / f"{name}-{precision}.{fmt}" for fmt, precision in ARTIFACTS}
-    made = _step(lambda: _export_all(model, outs, train_set))
+    made = _step(lambda: _export_all(model, outs, train_set, val_set))
     for (fmt, precision), out in outs.items():
         steps[f"{fmt}-{precision}"] = _step(
             lambda: _verify(model, out, test_set) if made["ok"] else _export_verify(model, out, fmt, precision,
-                                                                                      train_set, test_set))
+                                                                                      train_set, val_set, test_set))
     steps["export"] = made  # the shared conversion; each artifact's step adds its verification
     steps["profile"] = _step(lambda: _profile(work / f"{name}-fp32.onnx", work / f"{name}-int8.onnx"))
     return record
@@ -131,21 +132,22 @@ def _prune(arch: str, src: Path, dst: Path, criterion: str, train_set, test_set,
             "params_kept": round(after / before, 3), "notes": notes}
 
 
-def _export_all(model, outs: Dict[tuple, Path], train_set) -> Dict[str, Any]:
+def _export_all(model, outs: Dict[tuple, Path], train_set, val_set) -> Dict[str, Any]:
     """The four artifacts from one export_many call: one ONNX graph and one onnx2tf conversion
-    for both TFLite precisions (int8 takes 128 calibration + 512 check images of train_set)."""
+    for both TFLite precisions (int8 calibrates on 128 images of train_set; its fallback checks
+    512 of val_set, images the model did not train on)."""
     from edgeprune.export import ExportConfig, export_many
 
     export_many(model, {out: ExportConfig(format=fmt, precision=precision)
-                        for (fmt, precision), out in outs.items()}, data=train_set)
+                        for (fmt, precision), out in outs.items()}, data=train_set, check_data=val_set)
     return {}
 
 
-def _export_verify(model, out: Path, fmt: str, precision: str, train_set, test_set) -> Dict[str, Any]:
+def _export_verify(model, out: Path, fmt: str, precision: str, train_set, val_set, test_set) -> Dict[str, Any]:
     """One artifact alone: after export_many failed, each step records its own error."""
     from edgeprune.export import ExportConfig, export
 
-    export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set)
+    export(model, ExportConfig(format=fmt, precision=precision), out, data=train_set, check_data=val_set)
     return _verify(model, out, test_set)
 
 

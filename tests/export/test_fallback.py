@@ -63,7 +63,7 @@ def test_ladder_stops_at_the_first_rung_that_agrees():
         built.append(floated)
         return f"art{len(floated)}", ((1.0 if "c" in floated else 0.5), 0.0)
 
-    art, score, floated = ladder("first", (0.4, 0.0), 0.99, lambda: groups, build)
+    art, score, floated = ladder("first", (0.4, 0.0), 0.99, lambda art: groups, build)
     assert built == [["a"], ["a", "b", "b2"], ["a", "b", "b2", "c", "d"]]  # rungs of 1, 2, 4 groups
     assert (art, score[0], floated) == ("art5", 1.0, ["a", "b", "b2", "c", "d"])
 
@@ -73,10 +73,10 @@ def test_ladder_keeps_the_best_rung_when_none_agrees_and_skips_a_passing_artifac
         return f"art{len(floated)}", ({1: 0.7, 2: 0.9, 4: 0.8}[len(floated)], 0.0)
 
     groups = [["a"], ["b"], ["c"], ["d"], ["e"], ["f"]]
-    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: groups, build)
+    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda art: groups, build)
     assert (art, score[0], floated) == ("art2", 0.9, ["a", "b"])
 
-    def never():
+    def never(art):
         raise AssertionError("ranked although the artifact agrees")
 
     assert ladder("first", (0.995, 30.0), 0.99, never, build) == ("first", (0.995, 30.0), [])
@@ -90,6 +90,28 @@ def test_ladder_never_floats_more_than_three_quarters_of_the_costly_nodes():
         built.append(floated)
         return f"art{len(floated)}", ((1.0 if len(floated) == 4 else 0.6 + 0.1 * len(floated)), 0.0)
 
-    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: [["a"], ["b"], ["c"], ["d"]], build)
+    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda art: [["a"], ["b"], ["c"], ["d"]], build)
     assert built == [["a"], ["a", "b"]]
     assert (art, score[0], floated) == ("art2", 0.8, ["a", "b"])
+
+
+def test_fallback_checks_on_the_check_data_when_given(tmp_path):
+    """With `check_data` the fallback measures agreement on those images (a validation split:
+    images the model did not train on), else on the data set's images after the calibration ones."""
+    import numpy as np
+
+    from edgeprune.export._export import _held_out, _Stages
+    from edgeprune.export._source import Source
+
+    src = Source(nn.Conv2d(1, 2, 3), (1, 8, 8))
+    calibration = np.zeros((400, 1, 8, 8), np.float32)
+    check = np.ones((300, 1, 8, 8), np.float32)
+    cfg = ExportConfig(precision="int8", **CHECK)
+    held_out = _held_out(src, [cfg], check)
+    assert held_out.shape == (256, 1, 8, 8)
+    assert (_Stages(src, tmp_path, calibration, held_out).checks(cfg) == 1).all()
+    plain = _Stages(src, tmp_path, calibration).checks(cfg)
+    assert plain.shape == (256, 1, 8, 8) and (plain == 0).all()
+    assert _held_out(src, [ExportConfig(precision="fp32")], check) is None
+    with pytest.raises(Exception, match="does not match"):
+        _held_out(src, [cfg], np.ones((4, 3, 8, 8), np.float32))
