@@ -223,10 +223,9 @@ def _tflite_fallback(stages: _Stages, cfg: ExportConfig, first: bytes) -> bytes:
     def score(model: bytes) -> Tuple[float, float]:
         return _tflite_calibration.agreement(model, checks_nhwc, reference)
 
-    def ranked(model: bytes) -> List[List[str]]:
-        base = rungs()  # the first ranking reads the plain int8 model, later ones the last rung
-        costly = fallback.costly_tflite_ops(base.float_model, base.build([]) if model is first else model,
-                                            base.samples_nhwc)
+    def ranked() -> List[List[str]]:
+        base = rungs()
+        costly = fallback.costly_tflite_ops(base.float_model, base.build([]), base.samples_nhwc)
         pinned = set(base.keep) | set(base.pinned)
         return [[op for op in ops if op not in pinned] for ops, _ in costly]
 

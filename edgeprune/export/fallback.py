@@ -4,9 +4,9 @@ The rules in `sensitive` keep the layers int8 is known to hurt in float. A model
 nobody listed can still lose more than that (LayerNorm nets, cheap ghost branches, wide
 depthwise stages). So after quantizing, the exporter measures the int8 artifact's top-1
 agreement with the float model on the calibration samples; below
-`ExportConfig.min_agreement` it floats the costliest layers, a few at a time, re-quantizing,
-re-measuring and re-ranking what is left at each rung, and stops at the first rung that agrees
-(or keeps the one that agreed best: verify then reports the failure).
+`ExportConfig.min_agreement` it floats the costliest layers, a few at a time, re-quantizing
+and re-measuring at each rung, and stops at the first rung that agrees (or keeps the one that
+agreed best: verify then reports the failure).
 
 The cost of a layer is read from the int8 QDQ graph and the float graph run side by side on a
 few calibration samples, every intermediate tensor saved (onnxruntime.quantization's
@@ -203,32 +203,27 @@ def _all_tensors(path: Path) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
     return run
 
 
-def ladder(first: T, score: Score, min_agreement: float, candidates: Callable[[T], Sequence[List[str]]],
+def ladder(first: T, score: Score, min_agreement: float, candidates: Callable[[], Sequence[List[str]]],
            build: Callable[[List[str]], Tuple[T, Score]]) -> Tuple[T, Score, List[str]]:
-    """(artifact, its score, layers floated): `first` when it agrees, else the first rung that
-    does, else the best rung measured. Rungs float 1, 2, 4, ... of the costliest groups of
-    layers; `candidates(artifact)` ranks them on the latest rung's artifact, so each rung adds
-    the costliest of what the earlier ones left: a layer whose loss was hidden behind a noisier
-    one upstream shows once that one is float (a GhostNet primary conv measured no loss in the
-    all-int8 graph and cost 16 dB with everything else floated). No rung floats more than
-    MAX_FLOAT_SHARE of the first ranking's nodes: the artifact stays int8 at heart."""
+    """(artifact, its score, layers floated): `first` when it agrees, else the first rung of the
+    costliest `candidates` (groups of layers) that does, else the best rung measured. No rung
+    floats more than MAX_FLOAT_SHARE of the candidates' nodes: the artifact stays int8 at heart."""
     if min_agreement <= 0 or score[0] >= min_agreement:
         return first, score, []
+    groups = [g for g in candidates() if g]
+    limit = MAX_FLOAT_SHARE * len({name for group in groups for name in group})
     best: Tuple[T, Score, List[str]] = (first, score, [])
-    current, floated, done, limit = first, [], 0, None
-    for count in RUNGS:
-        fresh = [g for g in candidates(current) if g and not set(g) <= set(floated)]
-        if limit is None:
-            limit = MAX_FLOAT_SHARE * len({name for group in fresh for name in group})
-        if not fresh:
+    tried: List[List[str]] = []
+    for count in sorted({min(c, len(groups)) for c in RUNGS} - {0}):
+        floated = list(dict.fromkeys(name for group in groups[:count] for name in group))
+        if floated in tried:  # the next groups were inside the first ones
+            continue
+        if tried and len(floated) > limit:  # the first rung always runs, the others within the share
             break
-        wanted = list(dict.fromkeys([*floated, *(name for group in fresh[:count - done] for name in group)]))
-        if done and len(wanted) > limit:  # the first rung always runs, the others within the share
-            break
-        current, measured = build(wanted)
-        floated, done = wanted, count
+        tried.append(floated)
+        artifact, measured = build(floated)
         if measured > best[1]:
-            best = (current, measured, floated)
+            best = (artifact, measured, floated)
         if measured[0] >= min_agreement:
             break
     return best

@@ -173,10 +173,9 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bo
                 quantize_as(src, out, calibration, per_channel, [*exclude, *floated], method)
                 return out, _score(out, checks, reference)
 
-            def ranked(artifact: Path) -> List[List[str]]:
+            def ranked() -> List[List[str]]:
                 pinned = {*exclude, *keep_int8}
-                costly = fallback.costly_nodes(src, artifact, calibration)
-                return [[n for n in names if n not in pinned] for names, _ in costly]
+                return [[n for n in names if n not in pinned] for names, _ in fallback.costly_nodes(src, dst, calibration)]
 
             chosen, _, floated = fallback.ladder(dst, _score(dst, checks, reference), min_agreement, ranked, build)
             if floated:

@@ -63,7 +63,7 @@ def test_ladder_stops_at_the_first_rung_that_agrees():
         built.append(floated)
         return f"art{len(floated)}", ((1.0 if "c" in floated else 0.5), 0.0)
 
-    art, score, floated = ladder("first", (0.4, 0.0), 0.99, lambda art: groups, build)
+    art, score, floated = ladder("first", (0.4, 0.0), 0.99, lambda: groups, build)
     assert built == [["a"], ["a", "b", "b2"], ["a", "b", "b2", "c", "d"]]  # rungs of 1, 2, 4 groups
     assert (art, score[0], floated) == ("art5", 1.0, ["a", "b", "b2", "c", "d"])
 
@@ -73,10 +73,10 @@ def test_ladder_keeps_the_best_rung_when_none_agrees_and_skips_a_passing_artifac
         return f"art{len(floated)}", ({1: 0.7, 2: 0.9, 4: 0.8}[len(floated)], 0.0)
 
     groups = [["a"], ["b"], ["c"], ["d"], ["e"], ["f"]]
-    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda art: groups, build)
+    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: groups, build)
     assert (art, score[0], floated) == ("art2", 0.9, ["a", "b"])
 
-    def never(art):
+    def never():
         raise AssertionError("ranked although the artifact agrees")
 
     assert ladder("first", (0.995, 30.0), 0.99, never, build) == ("first", (0.995, 30.0), [])
@@ -90,7 +90,7 @@ def test_ladder_never_floats_more_than_three_quarters_of_the_costly_nodes():
         built.append(floated)
         return f"art{len(floated)}", ((1.0 if len(floated) == 4 else 0.6 + 0.1 * len(floated)), 0.0)
 
-    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda art: [["a"], ["b"], ["c"], ["d"]], build)
+    art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: [["a"], ["b"], ["c"], ["d"]], build)
     assert built == [["a"], ["a", "b"]]
     assert (art, score[0], floated) == ("art2", 0.8, ["a", "b"])
 
