@@ -39,6 +39,11 @@ def evaluator(tmp_path_factory):
         yield ev, history
 
 
+def _bn_only(ev: Evaluator) -> Evaluator:
+    """The same run's Evaluator with the estimate's tiny fine-tune off (BN recalibration alone)."""
+    return Evaluator(ev.ckpt, ev.target, ev.out, ev.data, ev.policy, dataclasses.replace(ev.cfg, estimate_steps=0))
+
+
 def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluator):
     ev, history = evaluator
     spec = spec_for_ratio(ev.ckpt.model, 0.5)
@@ -51,7 +56,7 @@ def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluat
     assert ev.counts["estimate"] == before["estimate"] + 1 and ev.counts["measure"] == before["measure"]
     # BN recalibration alone changes the unpruned model little (the tiny fine-tune, on by
     # default, lifts this 1-epoch model by 10+ points: that is what the next test checks)
-    bn_only = Evaluator(ev.ckpt, ev.target, ev.out, ev.data, ev.policy, dataclasses.replace(ev.cfg, estimate_steps=0))
+    bn_only = _bn_only(ev)
     unpruned = bn_only.evaluate(Proposal({}, "estimate"), history.next_iteration)
     assert abs(unpruned.accuracy - history.baseline.accuracy) < 5
     assert pickle.loads(pickle.dumps(c)) == c
@@ -60,7 +65,7 @@ def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluat
 def test_an_estimate_distills_a_few_steps_on_teacher_logits_computed_once(evaluator):
     ev, history = evaluator
     spec = spec_for_ratio(ev.ckpt.model, 0.5)
-    bn_only = Evaluator(ev.ckpt, ev.target, ev.out, ev.data, ev.policy, dataclasses.replace(ev.cfg, estimate_steps=0))
+    bn_only = _bn_only(ev)
     before = bn_only.evaluate(Proposal(spec, "estimate"), history.next_iteration)
     tuned = ev.evaluate(Proposal(spec, "estimate"), history.next_iteration)
     assert tuned.accuracy > before.accuracy + 5  # the tiny fine-tune recovers part of what surgery lost
