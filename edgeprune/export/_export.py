@@ -17,6 +17,11 @@ from edgeprune.export._bias_correction import bias_corrected
 from edgeprune.export._source import Source, resolve_data, resolve_model
 from edgeprune.export.config import ExportConfig
 from edgeprune.export.sensitive import sensitive_onnx_nodes, sensitive_tflite_ops, without
+from edgeprune.export.verify import DEFAULT_TOP1_AGREEMENT
+
+# The int8 fallback may float past its share of layers to reach verification's int8 line by
+# this margin: checked on 1,000 images, an artifact at the line itself fails on others half the time
+VERIFY_MARGIN = 0.01
 
 
 def export(model_or_checkpoint: Any, cfg: ExportConfig, out: str | Path, data: Any = None,
@@ -159,12 +164,19 @@ def _finish_onnx(fp32: Path, dst: Path, cfg: ExportConfig, calibration: Optional
     else:
         pinned = onnx_export.resolve_nodes(onnx_export.check_onnx(fp32), _named(cfg, "int8"))
         onnx_export.quantize_int8(fp32, dst, calibration, cfg.per_channel, _onnx_float_nodes(fp32, cfg),
-                                  cfg.calibration, cfg.bias_correction, _fallback_target(cfg), checks, pinned)
+                                  cfg.calibration, cfg.bias_correction, _fallback_target(cfg), checks, pinned,
+                                  _fallback_floor(cfg))
 
 
 def _fallback_target(cfg: ExportConfig) -> float:
     """The agreement the float fallback restores; 0 (off) when the user asked for all-int8."""
     return cfg.min_agreement if cfg.float_sensitive else 0.0
+
+
+def _fallback_floor(cfg: ExportConfig) -> float:
+    """The agreement the fallback reaches even past its share of floated layers (see
+    fallback.ladder): verification's int8 line plus VERIFY_MARGIN, at most the target."""
+    return min(_fallback_target(cfg), DEFAULT_TOP1_AGREEMENT["int8"] + VERIFY_MARGIN)
 
 
 def _onnx_float_nodes(fp32: Path, cfg: ExportConfig) -> List[str]:
@@ -233,7 +245,7 @@ def _tflite_fallback(stages: _Stages, cfg: ExportConfig, first: bytes) -> bytes:
         model = rungs().build(floated)
         return model, score(model)
 
-    return fallback.ladder(first, score(first), cfg.min_agreement, ranked, measured)[0]
+    return fallback.ladder(first, score(first), cfg.min_agreement, ranked, measured, _fallback_floor(cfg))[0]
 
 
 def _tflite_float_ops(stages: _Stages, cfg: ExportConfig, float_model: bytes) -> List[str]:

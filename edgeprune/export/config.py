@@ -38,7 +38,9 @@ class ExportConfig:
             export's `check_data` when one is given (images the model did not train on:
             training images agree more, and a fallback satisfied on them left GhostNet at
             0.964 on test images), else of the data set after the calibration ones (the
-            calibration ones when the data set has no more).
+            calibration ones when the data set has no more). 1,000 by default: at 0.99
+            agreement, 512 images tell it within +-0.009 (two standard errors), 1,000 within
+            +-0.006.
         calibration_samples: how many samples of the data set calibrate int8.
         calibration: int8 activation ranges: "minmax", "percentile" (ranges at the
             99.999th percentile of the calibration values), or "auto" (minmax, percentile
@@ -61,7 +63,7 @@ class ExportConfig:
     node_precision: Dict[str, str] = field(default_factory=dict)
     float_sensitive: bool = True
     min_agreement: float = 0.995
-    check_samples: int = 512
+    check_samples: int = 1000
     calibration_samples: int = 128
     calibration: str = "auto"
     bias_correction: bool = True

@@ -3,10 +3,11 @@
 The rules in `sensitive` keep the layers int8 is known to hurt in float. A model of a family
 nobody listed can still lose more than that (LayerNorm nets, cheap ghost branches, wide
 depthwise stages). So after quantizing, the exporter measures the int8 artifact's top-1
-agreement with the float model on the calibration samples; below
+agreement with the float model on held-out check samples; below
 `ExportConfig.min_agreement` it floats the costliest layers, a few at a time, re-quantizing
 and re-measuring at each rung, and stops at the first rung that agrees (or keeps the one that
-agreed best: verify then reports the failure).
+agreed best). Within MAX_FLOAT_SHARE of the costly layers, unless the best rung there would
+fail verification: then it floats on until the artifact passes with a margin (`ladder`'s floor).
 
 The cost of a layer is read from the int8 QDQ graph and the float graph run side by side on a
 few calibration samples, every intermediate tensor saved (onnxruntime.quantization's
@@ -204,26 +205,31 @@ def _all_tensors(path: Path) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
 
 
 def ladder(first: T, score: Score, min_agreement: float, candidates: Callable[[], Sequence[List[str]]],
-           build: Callable[[List[str]], Tuple[T, Score]]) -> Tuple[T, Score, List[str]]:
+           build: Callable[[List[str]], Tuple[T, Score]], floor: float = 0.0) -> Tuple[T, Score, List[str]]:
     """(artifact, its score, layers floated): `first` when it agrees, else the first rung of the
     costliest `candidates` (groups of layers) that does, else the best rung measured. No rung
-    floats more than MAX_FLOAT_SHARE of the candidates' nodes: the artifact stays int8 at heart."""
+    floats more than MAX_FLOAT_SHARE of the candidates' nodes (the artifact stays int8 at
+    heart) unless the best rung within that share is below `floor`, the agreement an artifact
+    needs to pass verification: then the ladder goes on past the share, up to every group,
+    and stops at the first rung that reaches `floor`. An int8 file that fails verification
+    ships nothing; one that runs more layers in float than asked says so in its float_layers."""
     if min_agreement <= 0 or score[0] >= min_agreement:
         return first, score, []
     groups = [g for g in candidates() if g]
     limit = MAX_FLOAT_SHARE * len({name for group in groups for name in group})
     best: Tuple[T, Score, List[str]] = (first, score, [])
     tried: List[List[str]] = []
-    for count in sorted({min(c, len(groups)) for c in RUNGS} - {0}):
+    for count in sorted({min(c, len(groups)) for c in (*RUNGS, len(groups))} - {0}):
         floated = list(dict.fromkeys(name for group in groups[:count] for name in group))
         if floated in tried:  # the next groups were inside the first ones
             continue
-        if tried and len(floated) > limit:  # the first rung always runs, the others within the share
+        past_share = bool(tried) and len(floated) > limit  # the first rung always runs
+        if past_share and best[1][0] >= floor:
             break
         tried.append(floated)
         artifact, measured = build(floated)
         if measured > best[1]:
             best = (artifact, measured, floated)
-        if measured[0] >= min_agreement:
+        if measured[0] >= (min(floor, min_agreement) if past_share else min_agreement):
             break
     return best

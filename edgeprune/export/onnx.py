@@ -147,13 +147,13 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bool = True,
                   keep_float: Iterable[str] = (), method: str = "minmax", bias_correction: bool = False,
                   min_agreement: float = 0.0, checks: Optional[np.ndarray] = None,
-                  keep_int8: Iterable[str] = ()) -> str:
+                  keep_int8: Iterable[str] = (), floor: float = 0.0) -> str:
     """Static QDQ int8 (weights and activations) calibrated on `calibration` (NCHW), with the
     nodes in `keep_float` left in float. Returns the calibration used (recorded in the file's
     metadata as edgeprune.calibration); `method="auto"` measures the candidates first, bias
     correction among them. Below `min_agreement` top-1 agreement with float on the `checks`
     samples (the calibration ones if None), the costliest nodes (less `keep_int8`) move to float
-    until it agrees (edgeprune.export.fallback)."""
+    until it agrees, past their share of the graph while below `floor` (edgeprune.export.fallback)."""
     from edgeprune.export import fallback
     from edgeprune.export.runtime import load_runner
 
@@ -177,7 +177,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, per_channel: bo
                 pinned = {*exclude, *keep_int8}
                 return [[n for n in names if n not in pinned] for names, _ in fallback.costly_nodes(src, dst, calibration)]
 
-            chosen, _, floated = fallback.ladder(dst, _score(dst, checks, reference), min_agreement, ranked, build)
+            chosen, _, floated = fallback.ladder(dst, _score(dst, checks, reference), min_agreement, ranked, build, floor)
             if floated:
                 dst.write_bytes(chosen.read_bytes())
                 exclude, method = [*exclude, *floated], f"{method}+float_fallback:{len(floated)}"
@@ -386,7 +386,10 @@ def _weight_precision(tensor: str, inits: Dict[str, int], producers: Dict[str, o
 
 def onnx_precision(path: Path) -> str:
     """The artifact's precision, read from its graph: fp32, fp16, int8, dynamic or mixed."""
-    kinds = set(node_precisions(check_onnx(path)).values())
+    model = check_onnx(path)
+    kinds = set(node_precisions(model).values())
+    if kinds <= {"fp32"} and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return "mixed"  # every weighted node in float, but int8 activations between other ops
     if not kinds:
         return "fp32"
     if len(kinds) == 1:

@@ -223,9 +223,18 @@ def _op_precision(act: dict, weight: dict, producers: dict, details: dict) -> st
 def tflite_precision(path: Path) -> str:
     """The artifact's precision from its tensors: fp32, fp16, dynamic, int8 or mixed."""
     kinds = set(tflite_node_precisions(path).values())
+    if kinds <= {"fp32"} and _int8_activations(path):
+        return "mixed"  # every weighted op in float, but int8 tensors between other ops
     if len(kinds) <= 1:
         return kinds.pop() if kinds else "fp32"
     return "mixed" if "int8" in kinds else sorted(kinds)[0]
+
+
+def _int8_activations(path: Path) -> bool:
+    """Whether any op writes an int8 tensor (weights are inputs, never op outputs)."""
+    interp = _interpreter(path)
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    return any(dtypes.get(int(o)) == np.int8 for op in interp._get_ops_details() for o in op["outputs"])
 
 
 def _interpreter(path: Path):

@@ -154,7 +154,7 @@ def _export_verify(model, out: Path, fmt: str, precision: str, train_set, val_se
 def _verify(model, artifact: Path, test_set) -> Dict[str, Any]:
     from edgeprune.export import verify
 
-    check = verify(artifact, model, data=test_set).to_dict()
+    check = verify(artifact, model, data=test_set, samples=len(test_set)).to_dict()  # all 1,000
     return {"bytes": Path(artifact).stat().st_size, "top1_agreement": check["top1_agreement"],
             "accuracy": check["accuracy"], "reference_accuracy": check["reference_accuracy"],
             "passed": check["passed"], "float_layers": check.get("float_layers", [])}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.export import ExportConfig, artifact_precision, export, float_layers, verify
+from edgeprune.export import ExportConfig, artifact_precision, export, float_layers, node_precisions, verify
 from edgeprune.export.fallback import ladder
 from edgeprune.models import Checkpoint
 
@@ -55,6 +55,20 @@ def test_outlier_layer_goes_to_float_until_int8_agrees(tmp_path, mnist_train, mn
     assert artifact_precision(fixed) == "mixed"  # the other layers stay int8
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_int8_with_every_weighted_layer_in_float_is_mixed_not_fp32(zoo, tmp_path, mnist_train, mnist_test, fmt):
+    """A fallback that went past its share may float every conv: the ops between them (here
+    ResNet-20's residual adds) still round to int8, so the file verifies against int8's line,
+    not fp32's 0.999 (an Inception so floated failed at 0.996)."""
+    net = zoo.get("resnet20")
+    weighted = {name: "fp32" for name, m in net.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    out = export(net, ExportConfig(format=fmt, precision="int8", node_precision=weighted, **CHECK),
+                 tmp_path / f"floated.{fmt}", data=mnist_train.subset(384))
+    assert set(node_precisions(out).values()) == {"fp32"}
+    assert artifact_precision(out) == "mixed"
+    assert verify(out, net, mnist_test, samples=200).threshold == 0.98
+
+
 def test_ladder_stops_at_the_first_rung_that_agrees():
     groups = [["a"], ["b", "b2"], ["c"], ["d"], ["e"], ["f"], ["g"], ["h"], ["i"], ["j"]]
     built = []
@@ -93,6 +107,27 @@ def test_ladder_never_floats_more_than_three_quarters_of_the_costly_nodes():
     art, score, floated = ladder("first", (0.5, 0.0), 0.99, lambda: [["a"], ["b"], ["c"], ["d"]], build)
     assert built == [["a"], ["a", "b"]]
     assert (art, score[0], floated) == ("art2", 0.8, ["a", "b"])
+
+
+def test_ladder_goes_past_the_share_only_to_pass_verification():
+    """Within the share the best rung agrees 0.8: below the floor (what verification needs),
+    so the ladder floats on, past the share, and stops at the first rung at the floor."""
+    built = []
+
+    def build(floated):
+        built.append(floated)
+        return f"art{len(floated)}", ({1: 0.7, 2: 0.8, 4: 0.97, 5: 0.992}[len(floated)], 0.0)
+
+    groups = [["a"], ["b"], ["c"], ["d"], ["e"]]
+    art, score, floated = ladder("first", (0.5, 0.0), 0.995, lambda: groups, build, floor=0.95)
+    assert built == [["a"], ["a", "b"], ["a", "b", "c", "d"]]  # 4 of 5 is past 3/4: floor reached there
+    assert (art, score[0], floated) == ("art4", 0.97, ["a", "b", "c", "d"])
+    built.clear()
+    art, score, floated = ladder("first", (0.5, 0.0), 0.995, lambda: groups, build, floor=0.99)
+    assert [len(f) for f in built] == [1, 2, 4, 5] and (art, score[0]) == ("art5", 0.992)
+    built.clear()
+    ladder("first", (0.5, 0.0), 0.995, lambda: groups, build, floor=0.75)  # 0.8 within the share passes
+    assert [len(f) for f in built] == [1, 2]
 
 
 def test_fallback_checks_on_the_check_data_when_given(tmp_path):

@@ -170,7 +170,7 @@ def test_int8_rules_keep_sensitive_layers_in_float(trained, int8_artifacts, mnis
 
 @pytest.mark.parametrize("name", ["se_hardswish", "grouped"])
 def test_int8_defaults_agree_on_unseen_images(trained, int8_artifacts, mnist32, tmp_path, name):
-    """Export's defaults (rules, then the measured fallback on 512 validation images) give >=
+    """Export's defaults (rules, then the measured fallback on up to 1,000 validation images) give >=
     98% top-1 agreement on 1,000 test images, ONNX and TFLite, and float at least the rules'
     layers."""
     jobs = {tmp_path / f"{name}.{fmt}": ExportConfig(format=fmt, precision="int8") for fmt in ("onnx", "tflite")}
