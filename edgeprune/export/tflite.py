@@ -198,7 +198,10 @@ def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
 
 def tflite_node_precisions(path: Path) -> Dict[str, str]:
     """Precision of each conv / fully-connected op, read from its tensor types."""
-    interp = _interpreter(path)
+    return _weighted_precisions(_interpreter(path))
+
+
+def _weighted_precisions(interp) -> Dict[str, str]:
     details = {t["index"]: t for t in interp.get_tensor_details()}
     producers = {int(o): op for op in interp._get_ops_details() for o in op["outputs"]}
     result = {}
@@ -222,17 +225,17 @@ def _op_precision(act: dict, weight: dict, producers: dict, details: dict) -> st
 
 def tflite_precision(path: Path) -> str:
     """The artifact's precision from its tensors: fp32, fp16, dynamic, int8 or mixed."""
-    kinds = set(tflite_node_precisions(path).values())
-    if kinds <= {"fp32"} and _int8_activations(path):
+    interp = _interpreter(path)
+    kinds = set(_weighted_precisions(interp).values())
+    if kinds <= {"fp32"} and _int8_activations(interp):
         return "mixed"  # every weighted op in float, but int8 tensors between other ops
     if len(kinds) <= 1:
         return kinds.pop() if kinds else "fp32"
     return "mixed" if "int8" in kinds else sorted(kinds)[0]
 
 
-def _int8_activations(path: Path) -> bool:
+def _int8_activations(interp) -> bool:
     """Whether any op writes an int8 tensor (weights are inputs, never op outputs)."""
-    interp = _interpreter(path)
     dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
     return any(dtypes.get(int(o)) == np.int8 for op in interp._get_ops_details() for o in op["outputs"])
 
