@@ -2,9 +2,10 @@
 the slower CPU the profile's cpu_fraction stands for?
 
 A CFS quota lets a process run at full speed until the period's budget is spent and then
-stalls it; per-run times of a short model show either the full speed or a stall, never a
-slower CPU. The agent therefore averages run times over windows of whole quota periods when
-it runs under a quota (device_agents/agent.py, `timing_window`). This bench profiles, with
+stalls it; per-run wall times of a short model show either the full speed or a stall, never
+a slower CPU. Under a quota the agent therefore times each run by its process CPU time, scaled
+so the runs add up to the loop's wall time (device_agents/agent.py, `cpu_shares_of_wall`).
+This bench profiles, with
 random weights (latency needs shapes, not weights):
 
     small   ResNet-20 at 1x28x28 (well under a quota period on this machine)

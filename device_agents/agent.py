@@ -29,11 +29,11 @@ Operations:
             memory is that model's alone; returns raw per-run times (seconds), load_ms,
             peak_memory_mb (VmHWM after the runs minus VmRSS before loading the model),
             memory_method, and started_at/ended_at (device clock). Under a CFS CPU quota (an
-            emulated device, a container) each run's time is the mean of a window of whole
-            quota periods (WINDOW_PERIODS), said in "timing". The child is pre-started with
-            numpy and the runtime already imported (one per runtime, never reused: a new one is
-            started after each bench), so a bench does not pay for interpreter start-up and
-            imports; `--prewarm RUNTIME` on the command line starts the first one at once.
+            emulated device, a container) each run's time is its share of the runs' process CPU
+            time times their wall time (`cpu_shares_of_wall`), said in "timing". The child is
+            pre-started with numpy and the runtime already imported (one per runtime, never
+            reused: a new one is started after each bench), so a bench does not pay for
+            interpreter start-up and imports; `--prewarm RUNTIME` on the command line starts the first one at once.
             With "against": {"sha256", "ext"} the child, after the model's warm-up (and its peak
             memory reading), loads and warms the second model too and alternates short blocks
             (~20 ms) of the two until each has its runs and min_seconds: an interleaved A/B in one
@@ -96,7 +96,6 @@ HIDE_RUNTIMES_ENV = "EDGEPRUNE_AGENT_HIDE_RUNTIMES"
 READY_LINE = '{"ready": true}\n'
 READY_TIMEOUT_S = 120.0
 BLOCK_S = 0.02  # paired bench: how long each model runs before the other takes its turn
-WINDOW_PERIODS = 50  # under a CFS quota, run times are averaged over this many whole periods
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 TFLITE_DISTS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                 "tensorflow": "tensorflow"}
@@ -258,15 +257,6 @@ def cpu_quota():
     except (TypeError, ValueError):
         return None  # "max" or "-1": no limit
     return (quota, period) if quota > 0 and period > 0 else None
-
-
-def timing_window():
-    """Seconds over which run times are averaged: WINDOW_PERIODS whole CFS periods under a CPU
-    quota, else 0 (every run timed alone). Under a quota a short run goes at full speed until
-    the period's budget is spent, then stalls: single runs show either, never the slower CPU
-    the quota stands for; runs averaged over whole periods do."""
-    quota = cpu_quota()
-    return WINDOW_PERIODS * quota[1] / 1e6 if quota else 0.0
 
 
 def _counter(text, key):
@@ -1040,51 +1030,85 @@ def memory_peak_kb(method):
 
 # ---------------------------------------------------------------- bench (child process)
 
-def _timed_runs(runner, arrays, min_runs, min_seconds, max_seconds, window=0.0):
-    """Run until both min_runs and min_seconds are reached (or max_seconds passes). With a
-    `window` (seconds), consecutive runs are grouped until the group lasts `window`, and each
-    run of a group is given the group's mean time."""
-    times = []
-    start = time.perf_counter()
+def _run_once(runner, arrays, cpu):
+    """Run once; (wall seconds, process CPU seconds or None)."""
+    c0 = time.process_time() if cpu else None
+    t0 = time.perf_counter()
+    runner.run(arrays)
+    t1 = time.perf_counter()
+    return t1 - t0, (time.process_time() - c0) if cpu else None
+
+
+def cpu_shares_of_wall(cpus, wall, cpu, share=1.0):
+    """Under a CFS quota: each run's CPU time times the loop's wall time per CPU second (`wall`
+    and `cpu` over the whole loop, stalls included: the kernel throttles at a syscall, so often
+    between runs, outside any one run's timer). A single run under a quota shows full speed or
+    a stall; its CPU time does not see the quota's phase, and the scaled times still add up to
+    the wall time the slower CPU took. Returns (times, wall/cpu), or (None, None) when the
+    loop used under half its `share` (quota / period) of the CPU: not CPU-bound (it waited on
+    something), so its wall times are the better account."""
+    if cpu < 0.5 * share * wall or not all(c is not None for c in cpus):
+        return None, None
+    scale = wall / cpu
+    return [c * scale for c in cpus], scale
+
+
+class _Clocks(object):
+    """Wall and process CPU time since creation (the whole timed loop)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def spent(self):
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _timed_runs(runner, arrays, min_runs, min_seconds, max_seconds, share=0.0):
+    """Run until both min_runs and min_seconds are reached (or max_seconds passes); returns
+    (per-run seconds, wall/CPU scale). With a `share` (under a CFS quota: quota / period) the
+    times are `cpu_shares_of_wall`; without, they are wall times and the scale is None."""
+    cpu = share > 0
+    walls, cpus = [], []
+    clocks = _Clocks()
     while True:
-        t0, n = time.perf_counter(), 0
-        while True:
-            runner.run(arrays)
-            n += 1
-            t1 = time.perf_counter()
-            if t1 - t0 >= window:
-                break
-        times.extend([(t1 - t0) / n] * n)
-        elapsed = t1 - start
-        if (len(times) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
-            return times
+        wall, used = _run_once(runner, arrays, cpu)
+        walls.append(wall)
+        cpus.append(used)
+        elapsed = clocks.spent()[0]
+        if (len(walls) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
+            break
+    if cpu:
+        times, scale = cpu_shares_of_wall(cpus, *clocks.spent(), share=share)
+        if times is not None:
+            return times, scale
+    return walls, None
 
 
-def _alternating_runs(first, second, min_runs, min_seconds, max_seconds, window=0.0):
-    """Blocks of about BLOCK_S (or `window`, if longer) of each runner in turn, until both reach
-    min_runs and min_seconds. With a `window`, each run of a block is given the block's mean."""
-    times = ([], [])
-    spent = [0.0, 0.0]
-    start = time.perf_counter()
-    block = max(BLOCK_S, window)
+def _alternating_runs(first, second, min_runs, min_seconds, max_seconds, share=0.0):
+    """Blocks of about BLOCK_S of each runner in turn, until both reach min_runs and
+    min_seconds. With a `share`, both sides' runs share out the wall time of the whole loop by their
+    CPU time (`cpu_shares_of_wall`), so the A/B ratio is their CPU times' ratio. Returns
+    (first's times, second's times, wall/CPU scale or None)."""
+    cpu = share > 0
+    walls, cpus = ([], []), ([], [])
+    clocks = _Clocks()
     while True:
         for side, (runner, arrays) in enumerate((first, second)):
             block_start = time.perf_counter()
-            block_times = []
             while True:
-                t0 = time.perf_counter()
-                runner.run(arrays)
-                t1 = time.perf_counter()
-                block_times.append(t1 - t0)
-                if t1 - block_start >= block:
+                wall, used = _run_once(runner, arrays, cpu)
+                walls[side].append(wall)
+                cpus[side].append(used)
+                if time.perf_counter() - block_start >= BLOCK_S:
                     break
-            if window:
-                block_times = [(t1 - block_start) / len(block_times)] * len(block_times)
-            times[side].extend(block_times)
-            spent[side] += sum(block_times)
-        done = all(len(t) >= min_runs and s >= min_seconds for t, s in zip(times, spent))
-        if done or time.perf_counter() - start >= max_seconds:
-            return times
+        done = all(len(w) >= min_runs and sum(w) >= min_seconds for w in walls)
+        if done or clocks.spent()[0] >= max_seconds:
+            break
+    if cpu:
+        both, scale = cpu_shares_of_wall(cpus[0] + cpus[1], *clocks.spent(), share=share)
+        if both is not None:
+            return both[:len(walls[0])], both[len(walls[0]):], scale
+    return walls[0], walls[1], None
 
 
 def _preimport(module):
@@ -1111,14 +1135,13 @@ def bench_child(spec):
     runner.run(arrays)  # first run: allocations belong to load, as benchmark_model reports them
     load_ms = (time.perf_counter() - t0) * 1000.0
     max_s = float(spec.get("max_seconds", 120.0))
-    window = timing_window()
-    warm = _timed_runs(runner, arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
+    quota = cpu_quota()
+    share = quota[0] / float(quota[1]) if quota else 0.0
+    warm, _ = _timed_runs(runner, arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
     result = {"warmup_runs": len(warm), "load_ms": load_ms, "baseline_mb": baseline_kb / 1024.0,
               "memory_method": method, "input_shapes": [list(a.shape) for a in arrays]}
-    if window:
-        quota, period = cpu_quota()
-        result["timing"] = {"method": "windowed", "window_s": window, "cfs_quota_us": quota,
-                            "cfs_period_us": period}
+    if quota:
+        result["timing"] = {"method": "cpu-share", "cfs_quota_us": quota[0], "cfs_period_us": quota[1]}
     if spec.get("against_path"):
         peak_kb = memory_peak_kb(method)  # this model's alone: the other one is not loaded yet
         t1 = time.perf_counter()
@@ -1127,11 +1150,13 @@ def bench_child(spec):
         other.run(other_arrays)
         result["against_load_ms"] = (time.perf_counter() - t1) * 1000.0
         _timed_runs(other, other_arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
-        times, result["against_times_s"] = _alternating_runs(
-            (runner, arrays), (other, other_arrays), int(spec["runs"]), float(spec["min_seconds"]), max_s, window)
+        times, result["against_times_s"], scale = _alternating_runs(
+            (runner, arrays), (other, other_arrays), int(spec["runs"]), float(spec["min_seconds"]), max_s, share)
     else:
-        times = _timed_runs(runner, arrays, int(spec["runs"]), float(spec["min_seconds"]), max_s, window)
+        times, scale = _timed_runs(runner, arrays, int(spec["runs"]), float(spec["min_seconds"]), max_s, share)
         peak_kb = memory_peak_kb(method)
+    if quota:
+        result["timing"]["wall_per_cpu"] = scale
     result.update(times_s=times, peak_memory_mb=max(0.0, (peak_kb - baseline_kb) / 1024.0),
                   wall_s=time.perf_counter() - t0)
     return result

@@ -332,8 +332,10 @@ def _to_measurement(target: Target, hello: dict[str, Any], result: dict[str, Any
     timing = result.get("timing")
     if timing:
         device["timing"] = timing
+        scale = timing.get("wall_per_cpu")
         notes.append(f"under a CPU quota ({timing['cfs_quota_us']} of {timing['cfs_period_us']} us): each run's "
-                     f"time is the mean over a {timing['window_s'] * 1000:.0f} ms window of whole quota periods")
+                     f"time is its share of the runs' CPU time times their wall time"
+                     + (f" ({scale:.2f} s of wall per CPU second)" if scale else ""))
     return Measurement(
         target=target.name, source=target.source, emulated=target.emulated,
         runtime={"name": result["runtime"], "version": result.get("runtime_version")},

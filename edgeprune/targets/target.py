@@ -72,7 +72,7 @@ class Emulation:
     cpu_fraction: float
     memory_mb: int
     threads: Optional[int] = None
-    # 20 ms: run times are averaged over whole periods (the agent's windowed timing); MobileNetV2-224
+    # 20 ms: under the quota runs are timed by their share of CPU time (the agent's cpu-share timing); MobileNetV2-224
     # ran 2.11x slower at half a core with it, 2.35x at 4 ms (each stall costs the next burst)
     cfs_period_us: int = 20000
 

@@ -275,19 +275,41 @@ class _SleepRunner:
         time.sleep(self.seconds)
 
 
-def test_runs_are_timed_alone_or_averaged_over_quota_windows():
-    """Under a CFS quota each run gets its window's mean (the slower CPU the quota stands for,
-    not full-speed bursts and stalls); without one every run is timed alone."""
+class _BusyRunner:
+    """Spins on the CPU for `seconds` a run, or sleeps that long when `sleep` (no CPU time)."""
+    def __init__(self, seconds, sleep=False):
+        self.seconds, self.sleep = seconds, sleep
+
+    def run(self, arrays):
+        if self.sleep:
+            time.sleep(self.seconds)
+            return
+        end = time.process_time() + self.seconds
+        while time.process_time() < end:
+            pass
+
+
+def test_runs_are_timed_alone_or_by_their_share_of_cpu_time_under_a_quota():
+    """Without a quota every run is its wall time; under one (a share) the runs share out their
+    wall time by CPU time, so the total is the wall time and an A/B ratio is the CPU ratio."""
     sys.path.insert(0, str(AGENT.parent.parent))
-    from device_agents.agent import _alternating_runs, _timed_runs
-    alone = _timed_runs(_SleepRunner(0.001), None, 20, 0.0, 5.0)
-    assert len(alone) == 20 and len(set(alone)) > 1
-    windowed = _timed_runs(_SleepRunner(0.001), None, 20, 0.0, 5.0, window=0.02)
-    groups = [len(list(g)) for _, g in itertools.groupby(windowed)]
-    assert len(windowed) >= 20 and len(groups) < len(windowed) and min(groups) >= 5
-    assert all(0.001 <= t < 0.01 for t in windowed)
-    a, b = _alternating_runs((_SleepRunner(0.001), None), (_SleepRunner(0.002), None), 10, 0.0, 5.0, window=0.03)
-    assert len(set(a)) < len(a) and len(set(b)) < len(b) and min(b) > min(a)
+    from device_agents.agent import _alternating_runs, _timed_runs, cpu_shares_of_wall
+    alone, scale = _timed_runs(_SleepRunner(0.001), None, 20, 0.0, 5.0)
+    assert len(alone) == 20 and len(set(alone)) > 1 and scale is None
+    times, scale = cpu_shares_of_wall([0.004, 0.001, 0.005], 0.022, 0.010, share=0.5)
+    assert scale == pytest.approx(2.2) and times == pytest.approx([0.0088, 0.0022, 0.011])
+    assert cpu_shares_of_wall([0.0, 0.0], 0.02, 0.0) == (None, None)  # no CPU time: nothing to share
+    assert cpu_shares_of_wall([0.001, 0.001], 0.02, 0.002, share=0.5) == (None, None)  # 20% used of 50%
+    busy, scale = _timed_runs(_BusyRunner(0.002), None, 20, 0.0, 5.0, share=1.0)
+    assert len(busy) >= 20 and 0.9 < scale < 1.5 and all(0.0015 < t < 0.01 for t in busy)
+    slept, scale = _timed_runs(_BusyRunner(0.002, sleep=True), None, 5, 0.0, 5.0, share=0.5)
+    assert len(slept) == 5 and scale is None and all(t >= 0.002 for t in slept)  # waited: wall times
+
+    a, b, scale = _alternating_runs((_BusyRunner(0.001), None), (_BusyRunner(0.003), None), 30, 0.1, 5.0, share=1.0)
+    assert len(a) >= 30 and len(b) >= 30 and scale is not None
+    assert sum(b) / len(b) / (sum(a) / len(a)) == pytest.approx(3.0, rel=0.2)
+    a, b, scale = _alternating_runs((_SleepRunner(0.001), None), (_SleepRunner(0.002), None), 10, 0.0, 5.0)
+    assert scale is None and min(b) > min(a)
 
 
 def test_protocol_mismatch(tmp_path):

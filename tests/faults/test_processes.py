@@ -65,8 +65,11 @@ def test_emulate_down_leaves_nothing_running(artifacts):
     with testing.emulated(t):
         state = emulate.status(t.name)
         assert state["running"] and state["cfs"] == [10000, 20000]
-        t.measure(artifacts["tflite"], use_cache=False)
+        m = t.measure(artifacts["tflite"], use_cache=False)
         cg = state["cgroups"]
+    timing = m.device["timing"]  # the quota was in force: half a core takes ~2 s of wall per CPU second
+    assert timing["method"] == "cpu-share" and 1.6 < timing["wall_per_cpu"] < 2.6, timing
+    assert any("share of the runs' CPU time" in n for n in m.notes), m.notes
     assert not emulate.status(t.name)["running"]
     assert not any(os.path.exists(d) for d in cg)
     assert not emulate._alive(state["pid"])
