@@ -33,7 +33,8 @@ Operations:
             time times their wall time (`cpu_shares_of_wall`), said in "timing". The child is
             pre-started with numpy and the runtime already imported (one per runtime, never
             reused: a new one is started after each bench), so a bench does not pay for
-            interpreter start-up and imports; `--prewarm RUNTIME` on the command line starts the first one at once.
+            interpreter start-up and imports; `--prewarm RUNTIME` on the command line starts
+            the first one at once.
             With "against": {"sha256", "ext"} the child, after the model's warm-up (and its peak
             memory reading), loads and warms the second model too and alternates short blocks
             (~20 ms) of the two until each has its runs and min_seconds: an interleaved A/B in one
@@ -1086,8 +1087,8 @@ def _timed_runs(runner, arrays, min_runs, min_seconds, max_seconds, share=0.0):
 
 def _alternating_runs(first, second, min_runs, min_seconds, max_seconds, share=0.0):
     """Blocks of about BLOCK_S of each runner in turn, until both reach min_runs and
-    min_seconds. With a `share`, both sides' runs share out the wall time of the whole loop by their
-    CPU time (`cpu_shares_of_wall`), so the A/B ratio is their CPU times' ratio. Returns
+    min_seconds. With a `share`, both sides' runs share out the wall time of the whole loop by
+    their CPU time (`cpu_shares_of_wall`), so the A/B ratio is their CPU times' ratio. Returns
     (first's times, second's times, wall/CPU scale or None)."""
     cpu = share > 0
     walls, cpus = ([], []), ([], [])

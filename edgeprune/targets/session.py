@@ -333,9 +333,10 @@ def _to_measurement(target: Target, hello: dict[str, Any], result: dict[str, Any
     if timing:
         device["timing"] = timing
         scale = timing.get("wall_per_cpu")
-        notes.append(f"under a CPU quota ({timing['cfs_quota_us']} of {timing['cfs_period_us']} us): each run's "
-                     f"time is its share of the runs' CPU time times their wall time"
-                     + (f" ({scale:.2f} s of wall per CPU second)" if scale else ""))
+        quota = f"under a CPU quota ({timing['cfs_quota_us']} of {timing['cfs_period_us']} us)"
+        notes.append(f"{quota}: each run's time is its share of the runs' CPU time times their wall time "
+                     f"({scale:.2f} s of wall per CPU second)" if scale else
+                     f"{quota}: the runs used under half their CPU share (not CPU-bound), so their wall times stand")
     return Measurement(
         target=target.name, source=target.source, emulated=target.emulated,
         runtime={"name": result["runtime"], "version": result.get("runtime_version")},
