@@ -1048,7 +1048,7 @@ def cpu_shares_of_wall(cpus, wall, cpu, share=1.0):
     the wall time the slower CPU took. Returns (times, wall/cpu), or (None, None) when the
     loop used under half its `share` (quota / period) of the CPU: not CPU-bound (it waited on
     something), so its wall times are the better account."""
-    if cpu < 0.5 * share * wall or not all(c is not None for c in cpus):
+    if cpu < 0.5 * share * wall:
         return None, None
     scale = wall / cpu
     return [c * scale for c in cpus], scale
@@ -1141,8 +1141,6 @@ def bench_child(spec):
     warm, _ = _timed_runs(runner, arrays, int(spec["warmup"]), float(spec["warmup_seconds"]), max_s)
     result = {"warmup_runs": len(warm), "load_ms": load_ms, "baseline_mb": baseline_kb / 1024.0,
               "memory_method": method, "input_shapes": [list(a.shape) for a in arrays]}
-    if quota:
-        result["timing"] = {"method": "cpu-share", "cfs_quota_us": quota[0], "cfs_period_us": quota[1]}
     if spec.get("against_path"):
         peak_kb = memory_peak_kb(method)  # this model's alone: the other one is not loaded yet
         t1 = time.perf_counter()
@@ -1157,7 +1155,8 @@ def bench_child(spec):
         times, scale = _timed_runs(runner, arrays, int(spec["runs"]), float(spec["min_seconds"]), max_s, share)
         peak_kb = memory_peak_kb(method)
     if quota:
-        result["timing"]["wall_per_cpu"] = scale
+        result["timing"] = {"method": "cpu-share", "cfs_quota_us": quota[0], "cfs_period_us": quota[1],
+                            "wall_per_cpu": scale}
     result.update(times_s=times, peak_memory_mb=max(0.0, (peak_kb - baseline_kb) / 1024.0),
                   wall_s=time.perf_counter() - t0)
     return result
