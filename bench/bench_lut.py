@@ -8,7 +8,7 @@ Each sub-network is benched interleaved with the full model; the prediction is a
 the full model's p50 of the same bench, as the Evaluator anchors it at the measured baseline.
 The unanchored prediction (the table's absolute figure from the day of the build) is reported
 beside it. Peak memory: the analytic estimate (edgeprune/targets/lut/memory.py) fitted on 5
-random sub-networks and checked on MEMORY_SAMPLES others, on x86-ort.
+random sub-networks and checked on MEMORY_SAMPLES others, on x86-ort (on its channel multiple).
 
     .venv/bin/python bench/bench_lut.py [--models resnet20,mobilenet_v2] [--targets x86-ort,emu-rpi4]
                                         [--precisions fp32,int8] [--samples 50] [--memory-samples 20]
@@ -58,7 +58,8 @@ def table_row(arch: str, target, precision: str, samples: int, resume: bool = Fa
             "channel_multiple": table.key["round_to"], "kernel_kinds": len(table.kernels),
             "measurements": table.measurements, "build_s": round(build_s, 1), "resumed": resume,
             "check_s": round(time.time() - start, 1),
-            "fit": {"scale": table.scale, "per_element": table.per_element, "overhead": table.overhead,
+            "fit": {"scale": table.scale, "per_element": table.per_element, "per_weight": table.per_weight,
+                    "overhead": table.overhead,
                     "choice": table.fit_choice},
             **{k: check[k] for k in ("samples", "within_10pct", "median_abs_error", "max_abs_error")},
             "unanchored": check["unanchored"], "measured_source": check["measured_source"], "rows": check["rows"]}
@@ -69,10 +70,12 @@ def memory_row(arch: str, target, samples: int, work: Path) -> dict:
     torch.manual_seed(0)
     model = create_model(arch, in_channels=c, input_size=size).eval()
     rng = np.random.default_rng(0)
-    paths = [export_artifact(sub_network(model, [c, size, size], rng), work / f"{arch}-{i}.onnx",
+    multiple = max(1, int(target.channel_multiple or 1))  # where random search samples, as the latency check
+    paths = [export_artifact(sub_network(model, [c, size, size], rng, round_to=multiple), work / f"{arch}-{i}.onnx",
                              input_shape=[c, size, size]) for i in range(MEMORY_FIT + samples)]
     found = check_peak_memory(target, paths, fit_count=MEMORY_FIT)
-    return {**found, "model": f"{arch} {c}x{size}x{size}", "memory_model": found["model"], "target": target.name}
+    return {**found, "model": f"{arch} {c}x{size}x{size}", "memory_model": found["model"], "target": target.name,
+            "channel_multiple": multiple}
 
 
 def main() -> int:

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         result = {"action": "build", "key": table.key, "kernels": len(table.kernels),
                   "measurements": table.measurements, "build_seconds": round(table.build_seconds, 1),
-                  "scale": table.scale, "per_element_ms": table.per_element, "overhead_ms": table.overhead,
+                  "scale": table.scale, "per_element_ms": table.per_element, "per_weight_ms": table.per_weight,
+                  "overhead_ms": table.overhead,
                   "fit_choice": table.fit_choice,
                   "error": table.error()}
         emit_json(result) if args.json else print(f"{table.describe()}; built in {table.build_seconds:.0f} s")

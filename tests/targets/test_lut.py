@@ -64,6 +64,19 @@ def test_depthwise_convs_are_one_axis_and_fixed_counts_are_found():
     assert head.kind.cout_fixed  # the classes stay
 
 
+def test_kernel_weights_count_what_each_kernel_reads():
+    """Depthwise, grouped, plain convs and the classifier: the whole-network fit's weight term
+    counts each kernel's weight elements, as the model holds them."""
+    from edgeprune.targets.lut.table import weights
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8),
+                          nn.Conv2d(8, 12, 1, groups=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
+    layers = model_layers(model.eval(), [3, 12, 12])
+    assert [l.kind.op for l in layers] == ["conv", "dwconv", "conv", "linear"]
+    expected = [m.weight.numel() for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert [l.weight_elems for l in layers] == expected and weights(layers) == sum(expected)
+
+
 def test_kernel_module_has_the_counts_asked_for():
     kind = _kind(op="dwconv", groups=1, cin_max=32, cout_max=32)
     m = kind.module(24, 24)
@@ -101,24 +114,34 @@ def test_fit_recovers_the_overhead_and_the_activation_cost():
     assert again.overhead == table.overhead and again.fit_points == table.fit_points
 
 
-@pytest.mark.parametrize("e", [-4e-4, 0.0])
-def test_fit_chooses_the_activation_term_by_leave_one_out_error(e):
-    """A negative activation cost (kernels benched alone pay for copies the network does not)
-    is kept when it predicts held-out points better; with none in the data, the overhead alone wins."""
+@pytest.mark.parametrize("term", ["activations", "weights", None])
+def test_fit_chooses_its_second_term_by_leave_one_out_error(term):
+    """A cost per activation element (negative: kernels benched alone pay for copies the network
+    does not) or per weight element (positive: the network reads weights a lone kernel has in
+    cache) is kept when it predicts held-out points better; with neither in the data, the
+    overhead alone wins."""
     rng = np.random.default_rng(3)
-    table = LatencyTable({"k": 1}, {}, {}, full_sum=2.0, full_volume=1000)
+    table = LatencyTable({"k": 1}, {}, {}, full_sum=2.0, full_volume=1000, full_weights=5000)
+    cost = {"activations": ("volume", -4e-4), "weights": ("weights", 2e-4), None: ("volume", 0.0)}[term]
+    feature, c = cost
     u = 0.5
-    full = 2.0 + e * 1000 + u
-    table.fit_points = [{"sum_ms": s, "volume": v, "ratio": (s + e * v + u) / full * (1 + rng.normal(0, 0.01)),
-                         "full_ms": 3.0} for s, v in rng.uniform((0.4, 200), (1.8, 950), (8, 2))]
+    full = {"sum_ms": 2.0, "volume": 1000, "weights": 5000}
+    truth = lambda p: p["sum_ms"] + c * p[feature] + u
+    table.fit_points = []
+    for s, v, w in rng.uniform((0.4, 200, 800), (1.8, 950, 4800), (16, 3)):
+        p = {"sum_ms": s, "volume": v, "weights": w}
+        table.fit_points.append({**p, "ratio": truth(p) / truth(full) * (1 + rng.normal(0, 0.01)), "full_ms": 3.0})
     table.fit()
-    if e < 0:
-        assert table.fit_choice["model"] == "activations+overhead"
-        assert table.per_element == pytest.approx(e, rel=0.2)
+    assert set(table.fit_choice["loo_mean_abs_error"]) == {"overhead", "activations+overhead", "weights+overhead"}
+    if term is None:
+        assert table.fit_choice["model"] == "overhead" and table.per_element == table.per_weight == 0.0
     else:
-        assert table.fit_choice["model"] == "overhead" and table.per_element == 0.0
-    assert set(table.fit_choice["loo_mean_abs_error"]) == {"overhead", "activations+overhead"}
-    assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))).fit_choice == table.fit_choice
+        assert table.fit_choice["model"] == f"{term}+overhead"
+        fitted, other = (table.per_element, table.per_weight) if term == "activations" else (
+            table.per_weight, table.per_element)
+        assert fitted == pytest.approx(c, rel=0.2) and other == 0.0
+    again = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    assert again.fit_choice == table.fit_choice and again.per_weight == table.per_weight
 
 
 def test_store_never_returns_a_table_built_for_another_key(tmp_path):

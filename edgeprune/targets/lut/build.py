@@ -3,10 +3,11 @@
 build: for each kernel kind of the model, the kernel alone is exported (ONNX or TFLite, as the
 target runs, at the table's precision) at a grid of channel counts on the target's channel
 multiple, and benched on the target interleaved with the full model (KERNEL_PROTOCOL): its
-value is its share of the full model's p50 times the median full-model p50 of the build; then FIT_SAMPLES random sub-networks are benched
-interleaved with the full model (A/B), and the per-network overhead (with a cost per activation
-element when it predicts held-out points better) is fitted through their measured ratios (the
-scale through the full model's p50). Every finished measurement is saved to the table at once,
+value is its share of the full model's p50 times the median full-model p50 of the build; then
+FIT_SAMPLES random sub-networks are benched interleaved with the full model (A/B), and the
+per-network overhead (with a cost per activation or per weight element when it predicts
+held-out points better) is fitted through their measured ratios (the scale through the full
+model's p50). Every finished measurement is saved to the table at once,
 so an interrupted build resumes where it stopped.
 
 check: SAMPLES random sub-networks (random per-layer keep ratios, a different seed from the
@@ -29,16 +30,17 @@ from torch import nn
 
 from edgeprune.errors import BadInputError, TargetUnreachableError
 from edgeprune.targets.lut.kernels import Layer, fixed_counts, model_layers, with_max
-from edgeprune.targets.lut.table import (KernelTable, LatencyTable, TableStore, grid_axis, model_signature,
-                                         summarize, volume)
+from edgeprune.targets.lut.table import KernelTable, LatencyTable, TableStore, grid_axis, model_signature, summarize
 from edgeprune.targets.measurement import Measurement
 from edgeprune.targets.session import ARTIFACT_RUNTIME
 
-TABLE_VERSION = 1  # tables of another layout are never read
+TABLE_VERSION = 2  # tables of another layout are never read (2: fit points hold weights)
 GRID = (0.25, 0.5, 0.75, 1.0)  # shares of a kernel's unpruned channels measured per axis (on the multiple)
 KERNEL_PROTOCOL = {"runs": 20, "min_seconds": 0.15, "warmup_seconds": 0.05}  # per round and side
 KERNEL_ROUNDS = 2  # A/B rounds of a kernel against the full model
-FIT_SAMPLES = 8  # random sub-networks benched against the full model to fit the per-network overhead
+FIT_SAMPLES = 16  # random sub-networks benched against the full model to fit the per-network overhead
+# (16, not 8: with 8 the leave-one-out choice between the whole-network models was a coin toss on
+# emu-rpi4, see LatencyTable.fit)
 COMPARE_ROUNDS = 3  # A/B rounds of a sub-network against the full model (fit and check)
 KEEP_RANGE = (0.2, 1.0)  # per-group keep ratios of the random sub-networks
 PROBE_KEEP = 0.3  # the heavily pruned copy that shows which counts sub-networks never change
@@ -177,13 +179,15 @@ class TableBuilder:
             for _ in range(len(table.fit_points)):
                 sub_network(self.model, self.input_shape, rng, round_to=self.round_to)  # the same nets on a resume
             full_layers = layers_for(table, self.model, self.input_shape)
-            table.full_sum, table.full_volume = table.layer_sum(full_layers), volume(full_layers)
+            full_point = table.features(full_layers)
+            table.full_sum, table.full_volume, table.full_weights = (full_point["sum_ms"], full_point["volume"],
+                                                                     full_point["weights"])
             for i in range(len(table.fit_points), FIT_SAMPLES):
                 net = sub_network(self.model, self.input_shape, rng, round_to=self.round_to)
                 cmp = self.compare_network(full, net, Path(tmp) / f"fit{i}")
                 layers = layers_for(table, net, self.input_shape)
-                table.fit_points.append({"sum_ms": table.layer_sum(layers), "volume": volume(layers),
-                                         "ratio": cmp.b.p50_ms / cmp.a.p50_ms, "full_ms": cmp.a.p50_ms})
+                table.fit_points.append({**table.features(layers), "ratio": cmp.b.p50_ms / cmp.a.p50_ms,
+                                         "full_ms": cmp.a.p50_ms})
                 table.measurements += COMPARE_ROUNDS  # a round is one bench process running both
                 table.build_seconds = time.time() - start
                 self.store.put(table)
@@ -195,7 +199,8 @@ class TableBuilder:
         chosen = (table.fit_choice or {}).get("model", "no")
         self.log(f"{table.describe()}, built in {table.build_seconds:.0f} s; a network = "
                  f"{table.scale:.3f} x (its kernels + {table.per_element * 1e6:.3g} ms per million activation "
-                 f"elements + {table.overhead:.3f} ms; the {chosen} fit, chosen by leave-one-out error)")
+                 f"elements + {table.per_weight * 1e6:.3g} ms per million weights + {table.overhead:.3f} ms; "
+                 f"the {chosen} fit, chosen by leave-one-out error)")
         return table
 
     def _empty(self) -> LatencyTable:

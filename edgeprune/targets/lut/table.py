@@ -1,7 +1,8 @@
 """A latency table: per kernel kind, the p50 measured at a grid of channel counts; a sub-network's
 latency is the sum of its kernels (interpolated between grid points) plus a per-network
-overhead, fitted on whole-model measurements (NetAdapt, HALP and nn-Meter use
-per-layer tables; this one is built on the user's own target).
+overhead and at most one term for what a kernel benched alone does not pay as it does in the
+network (its activations' copies, or its weights' reads), fitted on whole-model measurements
+(NetAdapt, HALP and nn-Meter use per-layer tables; this one is built on the user's own target).
 
 Tables are stored in the measurement cache's sqlite file, keyed by the target's identity
 (hostname, CPU, cores), the runtime and its version, threads, precision and the model's
@@ -23,7 +24,9 @@ from edgeprune.targets.lut.kernels import KernelKind, Layer
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS latency_tables (key TEXT PRIMARY KEY, created REAL, data TEXT)"
 WITHIN = 0.10  # a prediction is good when within this share of the measured p50
-PARSIMONY = 0.1  # the two-term whole-network fit must cut the leave-one-out error by this share
+PARSIMONY = 0.1  # a two-term whole-network fit must cut the leave-one-out error by this share
+# The second term a whole-network fit may add to the overhead: its name -> the fit point's feature
+TERMS = {"activations": "volume", "weights": "weights"}
 
 
 @dataclass
@@ -100,7 +103,7 @@ class LatencyTable:
     scale: float = 1.0
     per_element: float = 0.0  # ms per kernel output element: the operators between kernels
     overhead: float = 0.0  # per-network overhead, in kernel-sum ms
-    fit_points: List[Dict[str, float]] = field(default_factory=list)  # {"sum_ms", "ratio", "full_ms"}
+    fit_points: List[Dict[str, float]] = field(default_factory=list)  # {"sum_ms", "volume", "weights", "ratio", "full_ms"}
     shares: Dict[str, Dict[str, float]] = field(default_factory=dict)  # "kind|point" -> {"share", "full_ms"}
     check: Optional[Dict[str, Any]] = None
     measurements: int = 0
@@ -108,6 +111,8 @@ class LatencyTable:
     complete: bool = False
     memory: Optional[Dict[str, Any]] = None  # the peak-memory model's parameters, when fitted
     fit_choice: Optional[Dict[str, Any]] = None  # which whole-network model fit() chose, and why
+    full_weights: int = 0  # the full model's kernel weight elements
+    per_weight: float = 0.0  # ms per kernel weight element: weights read from memory in the network
 
     @property
     def cache_key(self) -> str:
@@ -132,71 +137,85 @@ class LatencyTable:
             kind, point = name.split("|")
             self.kernels[kind].values[point] = v["share"] * full_ms
 
-    def _cost(self, layers: Sequence[Layer]) -> float:
-        """Kernel-sum ms plus a term in proportion to the activations the kernels write, plus the
-        per-network overhead. The activation term is the operators between kernels (adds, pools,
-        layout changes) less what a kernel benched alone spends copying its input and output:
-        its fitted sign says which weighs more on this runtime."""
-        return self.layer_sum(layers) + self.per_element * volume(layers) + self.overhead
+    def features(self, layers: Sequence[Layer]) -> Dict[str, float]:
+        """What the whole-network model reads of a (sub-)network, as a fit point holds it."""
+        return {"sum_ms": self.layer_sum(layers), "volume": volume(layers), "weights": weights(layers)}
 
     def predict_ms(self, layers: Sequence[Layer]) -> float:
         """The absolute p50, as on the day of the build."""
-        return max(self.scale * self._cost(layers), 1e-6)
+        return max(self.scale * _cost(self.features(layers), self._fitted()), 1e-6)
 
     def predict_ratio(self, layers: Sequence[Layer]) -> float:
         """p50 of these layers over the full model's: what a prediction anchored at a baseline
         measured today multiplies (drift on the device falls out)."""
-        return self._ratio(self.layer_sum(layers), volume(layers), self.per_element, self.overhead)
+        return self._ratio(self.features(layers), self._fitted())
 
-    def _ratio(self, sum_ms: float, vol: float, e: float, u: float) -> float:
-        """A network's p50 over the full model's, for kernel sum `sum_ms` and activation volume
-        `vol`, at activation cost `e` and overhead `u` (the fitted ones, or a candidate fit's)."""
-        return max(sum_ms + e * vol + u, 1e-9) / max(self.full_sum + e * self.full_volume + u, 1e-9)
+    def _fitted(self) -> Dict[str, float]:
+        return {"volume": self.per_element, "weights": self.per_weight, "overhead": self.overhead}
+
+    def _ratio(self, point: Dict[str, float], coef: Dict[str, float]) -> float:
+        """A network's p50 over the full model's, for its kernel sum, activation volume and weights
+        (`point`, as a fit point holds them), at the costs `coef` (feature -> ms per unit, and
+        "overhead"; the fitted ones or a candidate fit's)."""
+        return max(_cost(point, coef), 1e-9) / max(_cost(self._full_point(), coef), 1e-9)
+
+    def _full_point(self) -> Dict[str, float]:
+        return {"sum_ms": self.full_sum, "volume": self.full_volume, "weights": self.full_weights}
 
     def fit(self) -> None:
-        """The cost of the operators between kernels (per activation element) and the overhead,
-        by least squares through the fit points' measured B/A ratios r:
-        sum_b + e * vol_b + u = r * (sum_a + e * vol_a + u), linear in (e, u); the scale through
-        the full model's p50s.
+        """The overhead and at most one more term, by least squares through the fit points'
+        measured B/A ratios r: cost_b = r * cost_a, where cost = kernel sum + c * feature + u is
+        linear in (c, u); the scale through the full model's p50s.
 
-        Two models compete: the overhead alone (e = 0) and both terms; both terms win when their
-        leave-one-out error on the fit points is lower by PARSIMONY (`fit_choice` says which,
-        with both errors). Measured on x86-ort: one MobileNetV2-224 table took a negative e (a
-        kernel benched alone pays for copies the network does not), which put its 30 held-out
-        sub-networks at 30/30 within +-10% against 28/30 with e = 0; a rebuild tied (3.76% both
-        ways) and kept e = 0; for ResNet-20 at 28x28 e = 0 ranks better (2.3% against 2.6%)."""
+        Three models compete: the overhead alone, and the overhead with a cost per activation
+        element or per weight element (either sign). A two-term model wins when its
+        leave-one-out error on the fit points is lower than the overhead's by PARSIMONY, the
+        lower of the two when both do (`fit_choice` says which, with every error).
+        - Activations: the operators between kernels (adds, pools, layout changes) less what a
+          kernel benched alone spends copying its input and output. On x86-ort one
+          MobileNetV2-224 table took a negative cost, which put 30 held-out sub-networks at 30/30
+          within +-10% against 28/30 without; for ResNet-20 at 28x28 the overhead alone ranks better.
+        - Weights: a kernel benched alone runs with its weights in cache; in the network each
+          kernel's weights are read from memory once per inference. On emu-rpi4 (TFLite/XNNPACK),
+          through 16 of 58 measured MobileNetV2-224 sub-networks, the choice between the
+          overhead and activations put the other 42 at 90% within +-10% on average, the choice
+          among all three at 97% (README, "Latency tables")."""
         pts = self.fit_points
         if not pts:
             return
-        fits, loo = {"overhead": self._solve(pts, False)}, {}
+        models: Dict[str, Optional[str]] = {"overhead": None}  # name -> the feature of its second term
         if len(pts) >= 4:  # two parameters need points left over to be judged on
-            fits["activations+overhead"] = self._solve(pts, True)
-            loo = {name: self._loo_error(pts, name != "overhead") for name in fits}
-        choice = "overhead"  # the simpler model, unless the activation term clearly predicts better
-        if loo and loo["activations+overhead"] < (1.0 - PARSIMONY) * loo["overhead"]:
-            choice = "activations+overhead"
-        e, u = fits[choice]
-        self.per_element, self.overhead = float(e), float(max(u, -0.9 * min(p["sum_ms"] for p in pts)))
+            models.update({f"{term}+overhead": feature for term, feature in TERMS.items()})
+        loo = {name: self._loo_error(pts, feature) for name, feature in models.items()} if len(models) > 1 else {}
+        choice = "overhead"  # the simpler model, unless a second term clearly predicts better
+        if loo:
+            best = min((name for name in models if name != "overhead"), key=loo.get)
+            if loo[best] < (1.0 - PARSIMONY) * loo["overhead"]:
+                choice = best
+        coef = self._solve(pts, models[choice])
+        self.per_element, self.per_weight = float(coef.get("volume", 0.0)), float(coef.get("weights", 0.0))
+        self.overhead = float(max(coef["overhead"], -0.9 * min(p["sum_ms"] for p in pts)))
         self.fit_choice = {"model": choice, "loo_mean_abs_error": {k: round(v, 4) for k, v in loo.items()}}
         full_ms = float(np.median([p["full_ms"] for p in pts]))
-        self.scale = full_ms / max(self.full_sum + self.per_element * self.full_volume + self.overhead, 1e-9)
+        self.scale = full_ms / max(_cost(self._full_point(), self._fitted()), 1e-9)
 
-    def _solve(self, pts: Sequence[Dict[str, float]], per_element: bool) -> Tuple[float, float]:
-        """(e, u) by least squares through `pts`; e held at 0 unless `per_element`."""
+    def _solve(self, pts: Sequence[Dict[str, float]], feature: Optional[str]) -> Dict[str, float]:
+        """{feature: c, "overhead": u} by least squares through `pts` (the overhead alone when
+        `feature` is None)."""
         r = np.array([p["ratio"] for p in pts])
         y = np.array([p["sum_ms"] for p in pts]) - r * self.full_sum
-        if per_element:
-            a = np.stack([r * self.full_volume - np.array([p["volume"] for p in pts]), r - 1.0], axis=1)
-            e, u = np.linalg.lstsq(a, y, rcond=None)[0]
-            return float(e), float(u)
-        return 0.0, float(np.linalg.lstsq((r - 1.0)[:, None], y, rcond=None)[0][0])
+        if feature is None:
+            return {"overhead": float(np.linalg.lstsq((r - 1.0)[:, None], y, rcond=None)[0][0])}
+        a = np.stack([r * self._full_point()[feature] - np.array([p.get(feature, 0.0) for p in pts]), r - 1.0], axis=1)
+        c, u = np.linalg.lstsq(a, y, rcond=None)[0]
+        return {feature: float(c), "overhead": float(u)}
 
-    def _loo_error(self, pts: Sequence[Dict[str, float]], per_element: bool) -> float:
+    def _loo_error(self, pts: Sequence[Dict[str, float]], feature: Optional[str]) -> float:
         """Mean |relative error| of each fit point's ratio, predicted by a fit without it."""
         errs = []
         for i, p in enumerate(pts):
-            e, u = self._solve([q for j, q in enumerate(pts) if j != i], per_element)
-            errs.append(abs(self._ratio(p["sum_ms"], p["volume"], e, u) / p["ratio"] - 1.0))
+            coef = self._solve([q for j, q in enumerate(pts) if j != i], feature)
+            errs.append(abs(self._ratio(p, coef) / p["ratio"] - 1.0))
         return float(np.mean(errs))
 
     def error(self) -> Dict[str, Any]:
@@ -204,8 +223,7 @@ class LatencyTable:
         if self.check:
             found = {k: self.check[k] for k in ("samples", "within_10pct", "median_abs_error", "max_abs_error")}
             return {**found, "measured_on": "held-out random sub-networks (lut check)"}
-        errs = [abs(self._ratio(p["sum_ms"], p["volume"], self.per_element, self.overhead) / p["ratio"] - 1.0)
-                for p in self.fit_points]
+        errs = [abs(self._ratio(p, self._fitted()) / p["ratio"] - 1.0) for p in self.fit_points]
         return {**summarize(errs), "measured_on": "the fit's own sub-networks (not held out: run lut check)"}
 
     def describe(self) -> str:
@@ -221,7 +239,7 @@ class LatencyTable:
                 "overhead": self.overhead,
                 "fit_points": self.fit_points, "shares": self.shares, "check": self.check, "measurements": self.measurements,
                 "build_seconds": self.build_seconds, "complete": self.complete, "memory": self.memory,
-                "fit_choice": self.fit_choice}
+                "fit_choice": self.fit_choice, "full_weights": self.full_weights, "per_weight": self.per_weight}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LatencyTable":
@@ -230,7 +248,13 @@ class LatencyTable:
                    d["fit_points"], d.get("shares", {}),
                    d.get("check"),
                    d.get("measurements", 0), d.get("build_seconds", 0.0), d.get("complete", False), d.get("memory"),
-                   d.get("fit_choice"))
+                   d.get("fit_choice"), d.get("full_weights", 0), d.get("per_weight", 0.0))
+
+
+def _cost(point: Dict[str, float], coef: Dict[str, float]) -> float:
+    """A network's cost in kernel-sum ms: its kernel sum, the overhead and the fitted term."""
+    return point["sum_ms"] + coef.get("overhead", 0.0) + sum(
+        c * point.get(f, 0.0) for f, c in coef.items() if f != "overhead")
 
 
 def summarize(errors: Sequence[float]) -> Dict[str, Any]:
@@ -245,6 +269,11 @@ def summarize(errors: Sequence[float]) -> Dict[str, Any]:
 def volume(layers: Sequence[Layer]) -> int:
     """Elements the kernels write: what adds, pools, concats and layout changes move after them."""
     return sum(layer.out_elems for layer in layers)
+
+
+def weights(layers: Sequence[Layer]) -> int:
+    """Elements of the kernels' weights: what a network reads from memory once per inference."""
+    return sum(layer.weight_elems for layer in layers)
 
 
 def table_key(key: Dict[str, Any]) -> str:
