@@ -70,7 +70,7 @@ def memory_row(arch: str, target, samples: int, work: Path) -> dict:
     torch.manual_seed(0)
     model = create_model(arch, in_channels=c, input_size=size).eval()
     rng = np.random.default_rng(0)
-    multiple = max(1, int(target.channel_multiple or 1))  # where random search samples, as the latency check
+    multiple = target.channel_multiple  # where random search samples, as the latency check does
     paths = [export_artifact(sub_network(model, [c, size, size], rng, round_to=multiple), work / f"{arch}-{i}.onnx",
                              input_shape=[c, size, size]) for i in range(MEMORY_FIT + samples)]
     found = check_peak_memory(target, paths, fit_count=MEMORY_FIT)

@@ -7,8 +7,8 @@ value is its share of the full model's p50 times the median full-model p50 of th
 FIT_SAMPLES random sub-networks are benched interleaved with the full model (A/B), and the
 per-network overhead (with a cost per activation or per weight element when it predicts
 held-out points better) is fitted through their measured ratios (the scale through the full
-model's p50). Every finished measurement is saved to the table at once,
-so an interrupted build resumes where it stopped.
+model's p50). Every finished measurement is saved to the table at once, so an interrupted
+build resumes where it stopped.
 
 check: SAMPLES random sub-networks (random per-layer keep ratios, a different seed from the
 fit's), each benched interleaved with the full model, compared with the table's prediction

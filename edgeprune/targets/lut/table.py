@@ -103,7 +103,8 @@ class LatencyTable:
     scale: float = 1.0
     per_element: float = 0.0  # ms per kernel output element: the operators between kernels
     overhead: float = 0.0  # per-network overhead, in kernel-sum ms
-    fit_points: List[Dict[str, float]] = field(default_factory=list)  # {"sum_ms", "volume", "weights", "ratio", "full_ms"}
+    # {"sum_ms", "volume", "weights", "ratio", "full_ms"} per fit sub-network
+    fit_points: List[Dict[str, float]] = field(default_factory=list)
     shares: Dict[str, Dict[str, float]] = field(default_factory=dict)  # "kind|point" -> {"share", "full_ms"}
     check: Optional[Dict[str, Any]] = None
     measurements: int = 0
