@@ -36,7 +36,8 @@ from edgeprune.errors import BadInputError, TargetUnreachableError
 from edgeprune.targets import emulate
 from edgeprune.targets.cache import MeasurementCache, cache_key
 from edgeprune.targets.lock import TargetLock, lock_timeout
-from edgeprune.targets.measurement import CV_LIMIT, Comparison, Measurement, latency_stats
+from edgeprune.targets.measurement import (CV_LIMIT, STEADY_BLOCK_S, Comparison, Measurement, latency_stats,
+                                           steady_p50)
 from edgeprune.targets.target import Target, register_session
 
 ARTIFACT_RUNTIME = {".onnx": "onnxruntime", ".tflite": "tflite"}
@@ -104,7 +105,7 @@ class DeviceSession:
             first_wall = result.get("wall_s") or 0.0
             result, remeasured = self._bench(side, s), True
             result["wall_s"] = first_wall + (result.get("wall_s") or 0.0)  # both runs are the measurement
-        return _to_measurement(self.target, self.client.hello, result, side, s, remeasured)
+        return _to_measurement(self.target, self.client.hello, result, side, s, remeasured, steady=True)
 
     def compare(self, artifact_a: str | os.PathLike, artifact_b: str | os.PathLike, rounds: int = 5,
                 runs: Optional[int] = None, min_seconds: Optional[float] = None,
@@ -318,7 +319,8 @@ def _pooled(side: _Artifact, s: dict[str, Any], note: str) -> dict[str, Any]:
 
 
 def _to_measurement(target: Target, hello: dict[str, Any], result: dict[str, Any], side: _Artifact,
-                    s: dict[str, Any], remeasured: bool) -> Measurement:
+                    s: dict[str, Any], remeasured: bool, steady: bool = False) -> Measurement:
+    """`steady`: a profile (not an A/B side), whose p50 under a CPU quota is `steady_p50`."""
     times = _ms(result)
     stats = _stats(result)
     device = {k: hello.get(k) for k in ("hostname", "cpu", "cores", "memory_mb", "machine", "python")}
@@ -337,6 +339,14 @@ def _to_measurement(target: Target, hello: dict[str, Any], result: dict[str, Any
         notes.append(f"{quota}: each run's time is its share of the runs' CPU time times their wall time "
                      f"({scale:.2f} s of wall per CPU second)" if scale else
                      f"{quota}: the runs used under half their CPU share (not CPU-bound), so their wall times stand")
+        steady_ms = steady_p50(times) if steady and scale else None
+        if steady_ms is not None:
+            device["timing"] = {**timing, "p50_of": f"the faster half of {STEADY_BLOCK_S:g}-s blocks",
+                                "p50_all_runs_ms": stats["p50"]}
+            notes.append(f"p50 {steady_ms:.3f} ms over the faster half of {STEADY_BLOCK_S:g}-s blocks of runs (the "
+                         f"quota'd process has slow episodes the host's own processes do not); all runs: "
+                         f"{stats['p50']:.3f} ms")
+            stats = {**stats, "p50": steady_ms}
     return Measurement(
         target=target.name, source=target.source, emulated=target.emulated,
         runtime={"name": result["runtime"], "version": result.get("runtime_version")},

@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 import signal
 
+import numpy as np
 import pytest
 
 from tests.agent_kit import faults, testing
 from edgeprune.targets import emulate
+from edgeprune.targets.measurement import steady_p50
 
 
 @pytest.mark.slow
@@ -65,10 +67,13 @@ def test_emulate_down_leaves_nothing_running(artifacts):
     with testing.emulated(t):
         state = emulate.status(t.name)
         assert state["running"] and state["cfs"] == [10000, 20000]
-        m = t.measure(artifacts["tflite"], use_cache=False)
+        m = t.measure(artifacts["tflite"], use_cache=False, min_seconds=2.5)
         cg = state["cgroups"]
     timing = m.device["timing"]  # the quota was in force: half a core takes ~2 s of wall per CPU second
     assert timing["method"] == "cpu-share" and 1.6 < timing["wall_per_cpu"] < 2.6, timing
+    # a profile's p50 under the quota is over the faster half of its half-second blocks
+    assert m.p50_ms == pytest.approx(steady_p50(m.times_ms)), timing
+    assert timing["p50_all_runs_ms"] == pytest.approx(float(np.median(m.times_ms))), timing
     assert any("share of the runs' CPU time" in n for n in m.notes), m.notes
     assert not emulate.status(t.name)["running"]
     assert not any(os.path.exists(d) for d in cg)

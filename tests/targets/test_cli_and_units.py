@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from device_agents.adb import parse_benchmark_model
 from edgeprune.errors import BadInputError
 from edgeprune.targets import Measurement, list_targets, load_target
 from edgeprune.targets.cache import MeasurementCache
-from edgeprune.targets.measurement import latency_stats
+from edgeprune.targets.measurement import latency_stats, steady_p50
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +48,17 @@ def test_bad_profile_is_bad_input(tmp_path):
 def test_latency_stats():
     s = latency_stats([1.0, 2.0, 3.0, 4.0])
     assert s["p50"] == 2.5 and s["mean"] == 2.5 and s["cv"] == pytest.approx(1.2909944 / 2.5)
+
+
+def test_steady_p50_leaves_out_a_slow_episode_of_under_half_the_blocks():
+    rng = np.random.default_rng(0)
+    fast, slow = rng.normal(1.0, 0.1, 3000), rng.normal(1.25, 0.1, 2000)  # ms; the episode: 40% of 5 s
+    times = np.concatenate([fast[:1500], slow, fast[1500:]])
+    plain = float(np.median(times))
+    assert plain > 1.05  # the episode drags the p50 of all runs
+    assert steady_p50(times) == pytest.approx(1.0, rel=0.02)
+    assert steady_p50(fast) == pytest.approx(float(np.median(fast)), rel=0.01)  # no episode: the p50
+    assert steady_p50(times[:1500]) is None  # 1.5 s of runs: under 4 half-second blocks
 
 
 def test_measurement_round_trips_and_cache(tmp_path):
