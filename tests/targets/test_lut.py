@@ -11,7 +11,7 @@ from torch import nn
 
 from edgeprune.models import create_model, save_checkpoint
 from edgeprune.targets.lut import LatencyTable, TableBuilder, TableStore, predicted_measurement, sub_network
-from edgeprune.targets.lut.build import layers_for
+from edgeprune.targets.lut.build import interleaved, layers_for
 from edgeprune.targets.lut.kernels import KernelKind, model_layers
 from edgeprune.targets.lut.table import KernelTable, grid_axis
 from tests.agent_kit import testing
@@ -93,6 +93,16 @@ def test_lookup_is_exact_on_the_grid_bilinear_between_and_extrapolates():
     assert t.lookup((24, 24)) == pytest.approx((1.0 + 2.0 + 3.0 + 5.0) / 4)
     assert t.lookup((48, 16)) == pytest.approx(5.0)  # extrapolated along cin: 1 -> 3 -> 5
     assert t.lookup((1, 1)) == pytest.approx(0.1 * 1.0)  # never below a tenth of the smallest
+
+
+def test_build_spreads_its_whole_model_benches_through_the_kernel_ones():
+    jobs = interleaved(160, 16)
+    assert sorted(jobs) == sorted([("kernel", i) for i in range(160)] + [("fit", j) for j in range(16)])
+    fits = [pos for pos, (job, _) in enumerate(jobs) if job == "fit"]
+    assert [jobs[p][1] for p in fits] == list(range(16))  # in order, so a resume draws the same nets
+    assert fits[0] < 11 and fits[-1] > len(jobs) - 12  # one near each end,
+    assert max(b - a for a, b in zip(fits, fits[1:])) <= 12  # none far from the next
+    assert interleaved(0, 3) == [("fit", 0), ("fit", 1), ("fit", 2)] and interleaved(2, 0) == [("kernel", 0), ("kernel", 1)]
 
 
 def test_grid_axis_stays_on_the_multiple():

@@ -1,8 +1,8 @@
 """Create and remove the cgroup an emulated target runs in (cgroup v1 or v2), as root.
 
-CPU: a CFS quota of cpu_fraction of one core per period (20 ms by default); the agent averages
-run times over windows of whole periods, so the limit reads as a slower CPU (README, "Emulated
-latency").
+CPU: a CFS quota of cpu_fraction of one core per period (20 ms by default); the agent times
+each run by its share of the loop's CPU time times the loop's wall time, so the limit reads as
+a slower CPU (README, "Emulated latency").
 Memory: a hard limit with swap off, so a model that does not fit is OOM-killed.
 """
 from __future__ import annotations

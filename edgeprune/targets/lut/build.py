@@ -3,12 +3,12 @@
 build: for each kernel kind of the model, the kernel alone is exported (ONNX or TFLite, as the
 target runs, at the table's precision) at a grid of channel counts on the target's channel
 multiple, and benched on the target interleaved with the full model (KERNEL_PROTOCOL): its
-value is its share of the full model's p50 times the median full-model p50 of the build; then
-FIT_SAMPLES random sub-networks are benched interleaved with the full model (A/B), and the
-per-network overhead (with a cost per activation or per weight element when it predicts
-held-out points better) is fitted through their measured ratios (the scale through the full
-model's p50). Every finished measurement is saved to the table at once, so an interrupted
-build resumes where it stopped.
+value is its share of the full model's p50 times the median full-model p50 of the build.
+FIT_SAMPLES random sub-networks, spread evenly among the kernel benches, are benched
+interleaved with the full model (A/B), and the per-network overhead (with a cost per
+activation or per weight element when it predicts held-out points better) is fitted through
+their measured ratios (the scale through the full model's p50). Every finished measurement
+is saved to the table at once, so an interrupted build resumes where it stopped.
 
 check: SAMPLES random sub-networks (random per-layer keep ratios, a different seed from the
 fit's), each benched interleaved with the full model, compared with the table's prediction
@@ -101,6 +101,16 @@ def layers_for(table: LatencyTable, model: nn.Module, input_shape: Sequence[int]
     return with_max(layers, full)
 
 
+def interleaved(kernels: int, fits: int) -> List[Tuple[str, int]]:
+    """The build's order: ("kernel", i) and ("fit", j) jobs spread evenly through each other, so
+    the fit's whole-model benches see the device's states over the build as the kernels' do
+    (with all of them at the end, a MobileNetV2-224 table on x86-ort predicted 3% high on
+    average: the host switched between two states, and the fit had seen one)."""
+    jobs = [((i + 0.5) / kernels, "kernel", i) for i in range(kernels)] + \
+        [((j + 0.5) / fits, "fit", j) for j in range(fits)]
+    return [(job, index) for _, job, index in sorted(jobs)]
+
+
 class TableBuilder:
     """Builds (or resumes) and checks the latency table of one model on one target."""
 
@@ -165,43 +175,47 @@ class TableBuilder:
         bar = progress(total=len(todo) + fits, desc="lut build", enabled=self.progress)
         with self.target.session(), tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp:
             full = self._export(self.model, self.input_shape, Path(tmp) / f"full.{self.fmt}")
-            for kind_key, point in todo:
-                t = table.kernels[kind_key]
-                found = self._kernel_p50(t, point, full, Path(tmp))
-                table.shares[kind_key + "|" + ",".join(map(str, point))] = found
-                t.values[",".join(map(str, point))] = found["share"] * found["full_ms"]
-                table.measurements += KERNEL_ROUNDS
-                table.build_seconds = time.time() - start
-                self.store.put(table)
-                bar.update(1)
-            table.rescale()
-            rng = np.random.default_rng([len(self.layers), 7])
+            nets = self._fit_nets()
             for _ in range(len(table.fit_points)):
-                sub_network(self.model, self.input_shape, rng, round_to=self.round_to)  # the same nets on a resume
-            full_layers = layers_for(table, self.model, self.input_shape)
-            full_point = table.features(full_layers)
-            table.full_sum, table.full_volume, table.full_weights = (full_point["sum_ms"], full_point["volume"],
-                                                                     full_point["weights"])
-            for i in range(len(table.fit_points), FIT_SAMPLES):
-                net = sub_network(self.model, self.input_shape, rng, round_to=self.round_to)
-                cmp = self.compare_network(full, net, Path(tmp) / f"fit{i}")
-                layers = layers_for(table, net, self.input_shape)
-                table.fit_points.append({**table.features(layers), "ratio": cmp.b.p50_ms / cmp.a.p50_ms,
-                                         "full_ms": cmp.a.p50_ms})
-                table.measurements += COMPARE_ROUNDS  # a round is one bench process running both
+                next(nets)  # the same nets on a resume
+            for job, index in interleaved(len(todo), fits):
+                if job == "kernel":
+                    kind_key, point = todo[index]
+                    t = table.kernels[kind_key]
+                    found = self._kernel_p50(t, point, full, Path(tmp))
+                    table.shares[kind_key + "|" + ",".join(map(str, point))] = found
+                    t.values[",".join(map(str, point))] = found["share"] * found["full_ms"]
+                    table.measurements += KERNEL_ROUNDS
+                else:
+                    i = len(table.fit_points)
+                    cmp = self.compare_network(full, next(nets), Path(tmp) / f"fit{i}")
+                    table.fit_points.append({"ratio": cmp.b.p50_ms / cmp.a.p50_ms, "full_ms": cmp.a.p50_ms})
+                    table.measurements += COMPARE_ROUNDS  # a round is one bench process running both
                 table.build_seconds = time.time() - start
                 self.store.put(table)
                 bar.update(1)
+        table.rescale()
+        full_point = table.features(layers_for(table, self.model, self.input_shape))
+        table.full_sum, table.full_volume, table.full_weights = (full_point["sum_ms"], full_point["volume"],
+                                                                 full_point["weights"])
+        for point, net in zip(table.fit_points, self._fit_nets()):  # kernel sums need every kernel measured
+            point.update(table.features(layers_for(table, net, self.input_shape)))
         bar.close()
         table.fit()
         table.complete, table.build_seconds = True, time.time() - start
         self.store.put(table)
         chosen = (table.fit_choice or {}).get("model", "no")
         self.log(f"{table.describe()}, built in {table.build_seconds:.0f} s; a network = "
-                 f"{table.scale:.3f} x (its kernels + {table.per_element * 1e6:.3g} ms per million activation "
-                 f"elements + {table.per_weight * 1e6:.3g} ms per million weights + {table.overhead:.3f} ms; "
+                 f"{table.scale:.3f} x (its kernels {table.per_element * 1e6:+.3g} ms per million activation "
+                 f"elements {table.per_weight * 1e6:+.3g} ms per million weights {table.overhead:+.3f} ms; "
                  f"the {chosen} fit, chosen by leave-one-out error)")
         return table
+
+    def _fit_nets(self):
+        """The fit's random sub-networks, the same sequence on every call."""
+        rng = np.random.default_rng([len(self.layers), 7])
+        while True:
+            yield sub_network(self.model, self.input_shape, rng, round_to=self.round_to)
 
     def _empty(self) -> LatencyTable:
         kernels: Dict[str, KernelTable] = {}
