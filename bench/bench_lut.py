@@ -62,7 +62,8 @@ def table_row(arch: str, target, precision: str, samples: int, resume: bool = Fa
                     "overhead": table.overhead,
                     "choice": table.fit_choice},
             **{k: check[k] for k in ("samples", "within_10pct", "median_abs_error", "max_abs_error")},
-            "unanchored": check["unanchored"], "measured_source": check["measured_source"], "rows": check["rows"]}
+            "unanchored": check["unanchored"], "measured_source": check["measured_source"],
+            "peak_memory": check.get("peak_memory"), "memory_model": table.memory, "rows": check["rows"]}
 
 
 def memory_row(arch: str, target, samples: int, work: Path) -> dict:

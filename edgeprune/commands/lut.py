@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                   "scale": table.scale, "per_element_ms": table.per_element, "per_weight_ms": table.per_weight,
                   "overhead_ms": table.overhead,
                   "fit_choice": table.fit_choice,
-                  "error": table.error()}
+                  "error": table.error(), "peak_memory_model": table.memory}
         emit_json(result) if args.json else print(f"{table.describe()}; built in {table.build_seconds:.0f} s")
         return 0
     log(f"checking {table.describe()} on {args.samples} random sub-networks")
@@ -61,4 +61,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{target.name}: {check['within_10pct']:.0%} of {check['samples']} sub-networks within +-10% of "
               f"the measured p50 ({check['measured_source']}); median error {check['median_abs_error']:.1%}, "
               f"max {check['max_abs_error']:.1%}")
+        memory = check.get("peak_memory")
+        if memory:
+            print(f"{target.name}: peak-memory estimate {memory['within_tolerance']:.0%} of {memory['checked']} "
+                  f"within +-{memory['tolerance']:.0%} of the measured peak; median error "
+                  f"{memory['median_error']:.1%}, max {memory['max_error']:.1%}")
     return 0

@@ -238,7 +238,15 @@ class Evaluator:
 
     def _predict(self, c: Candidate, model: Optional[nn.Module] = None) -> None:
         """Latency for a candidate the target did not run: from the latency table when there is
-        one (`source: predicted`), else from the FLOPs proxy (`source: proxy`)."""
+        one (`source: predicted`), else from the FLOPs proxy (`source: proxy`). Under a peak-memory
+        budget, also the table's peak-memory estimate (`extra.peak_memory_by`)."""
+        if c.peak_memory_mb is None and model is not None and self.table is not None \
+                and self.policy.budget.kind == "peak_mb":
+            from edgeprune.targets.lut import predict_peak_mb
+
+            c.peak_memory_mb = predict_peak_mb(self.table, model, self.ckpt.input_shape)
+            if c.peak_memory_mb is not None:
+                c.extra["peak_memory_by"] = "peak-memory model of the latency table"
         if c.p50_ms is not None:
             return
         predicted = self.predict_latency(model) if model is not None else None

@@ -62,6 +62,30 @@ def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluat
     assert pickle.loads(pickle.dumps(c)) == c
 
 
+def test_an_estimate_under_a_peak_memory_budget_takes_the_tables_memory_estimate(evaluator, tmp_path):
+    """Under a peak-memory budget an estimate gets the latency table's peak-memory estimate of
+    its fp32 ONNX graph (what the table fitted on measured sub-networks); it never meets."""
+    from edgeprune.export import export_artifact
+    from edgeprune.targets.lut import LatencyTable
+    from edgeprune.targets.lut.memory import PeakMemoryModel, onnx_memory
+
+    ev, history = evaluator
+    policy = make_policy("memory", parse_budget("memory", "peak:500MB"), None)
+    mem = Evaluator(ev.ckpt, ev.target, ev.out, ev.data, policy, dataclasses.replace(ev.cfg, estimate_steps=0))
+    mem.update(history)
+    model = PeakMemoryModel(baseline_mb=12.0, weights_factor=1.5, activations_factor=3.0)
+    mem.table = LatencyTable(key={}, kernels={}, layer_kinds={}, memory={"baseline_mb": 12.0, "model": model.to_dict()})
+    mem.predict_latency = lambda m: None  # latency from the FLOPs proxy: this test is about memory
+    proposal = Proposal(spec_for_ratio(ev.ckpt.model, 0.5), "estimate")
+    c = mem.evaluate(proposal, history.next_iteration)
+    graph = onnx_memory(export_artifact(mem.apply(proposal), tmp_path / "c.onnx", input_shape=[1, 28, 28]))
+    assert c.peak_memory_mb == pytest.approx(model.estimate_mb(graph), rel=1e-6) and c.peak_memory_mb > 12.0
+    assert c.extra["peak_memory_by"].startswith("peak-memory model") and c.source == "proxy"
+    assert c.met_budget is False  # within 500 MB by the estimate, but nothing was measured
+    plain = _bn_only(ev).evaluate(proposal, history.next_iteration)  # a latency budget: no memory estimate
+    assert plain.peak_memory_mb is None and "peak_memory_by" not in plain.extra
+
+
 def test_an_estimate_distills_a_few_steps_on_teacher_logits_computed_once(evaluator):
     ev, history = evaluator
     spec = spec_for_ratio(ev.ckpt.model, 0.5)

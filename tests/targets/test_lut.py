@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from edgeprune.models import create_model, save_checkpoint
-from edgeprune.targets.lut import LatencyTable, TableBuilder, TableStore, predicted_measurement, sub_network
+from edgeprune.targets.lut import (LatencyTable, TableBuilder, TableStore, predict_peak_mb, predicted_measurement,
+                                   sub_network)
 from edgeprune.targets.lut.build import interleaved, layers_for
 from edgeprune.targets.lut.kernels import KernelKind, model_layers
 from edgeprune.targets.lut.table import KernelTable, grid_axis
@@ -204,9 +205,14 @@ def test_build_resumes_after_an_interruption_and_check_measures(table_target, mo
     assert table.complete and measured["n"] == points - 2  # only what was missing
     assert builder.load() is not None
 
+    # the peak-memory model: the runtime's measured baseline, factors fitted on the 16 fit nets
+    assert table.memory["baseline_mb"] > 0 and table.memory["model"]["fitted_points"] == 16
+    assert all(p["peak_mb"] > 0 and p["weights_bytes"] > 0 for p in table.fit_points)
     check = builder.check(table, samples=3)
     assert check["samples"] == 3 and check["measured_source"] == "device"
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in check["rows"])
+    assert check["peak_memory"]["checked"] == 3 and check["peak_memory"]["median_error"] < 0.5
+    assert all(r["peak_estimate_mb"] > table.memory["baseline_mb"] for r in check["rows"])
     assert builder.store.get(builder.key()).check["samples"] == 3  # predictions now carry it
 
     net = sub_network(model, [1, 16, 16], np.random.default_rng(0), round_to=8)
@@ -218,6 +224,7 @@ def test_build_resumes_after_an_interruption_and_check_measures(table_target, mo
     assert m.p50_ms == pytest.approx(2.0 * ratio) and 0 < ratio < 3.0
     assert predicted_measurement(table, net, [1, 16, 16], table_target.name).p50_ms == pytest.approx(
         table.predict_ms(layers_for(table, net, [1, 16, 16])))
+    assert predict_peak_mb(table, net, [1, 16, 16]) > table.memory["baseline_mb"]
 
 
 def test_int8_table_times_all_int8_kernels_and_networks(table_target, tmp_path):

@@ -30,6 +30,9 @@ from torch import nn
 
 from edgeprune.errors import BadInputError, TargetUnreachableError
 from edgeprune.targets.lut.kernels import Layer, fixed_counts, model_layers, with_max
+from edgeprune.targets.lut.memory import TOLERANCE as MEMORY_TOLERANCE
+from edgeprune.targets.lut.memory import (MemoryBreakdown, PeakMemoryModel, error_summary, measure_baseline,
+                                          onnx_memory)
 from edgeprune.targets.lut.table import KernelTable, LatencyTable, TableStore, grid_axis, model_signature, summarize
 from edgeprune.targets.measurement import Measurement
 from edgeprune.targets.session import ARTIFACT_RUNTIME
@@ -189,11 +192,16 @@ class TableBuilder:
                 else:
                     i = len(table.fit_points)
                     cmp = self.compare_network(full, next(nets), Path(tmp) / f"fit{i}")
-                    table.fit_points.append({"ratio": cmp.b.p50_ms / cmp.a.p50_ms, "full_ms": cmp.a.p50_ms})
+                    table.fit_points.append({"ratio": cmp.b.p50_ms / cmp.a.p50_ms, "full_ms": cmp.a.p50_ms,
+                                             **self._memory_point(cmp, Path(tmp) / f"fit{i}")})
                     table.measurements += COMPARE_ROUNDS  # a round is one bench process running both
                 table.build_seconds = time.time() - start
                 self.store.put(table)
                 bar.update(1)
+            if self.reads_memory and table.memory is None:
+                table.memory = {"baseline_mb": measure_baseline(self.target)}  # the runtime's own peak
+                table.measurements += 1
+                self.store.put(table)
         table.rescale()
         full_point = table.features(layers_for(table, self.model, self.input_shape))
         table.full_sum, table.full_volume, table.full_weights = (full_point["sum_ms"], full_point["volume"],
@@ -202,6 +210,7 @@ class TableBuilder:
             point.update(table.features(layers_for(table, net, self.input_shape)))
         bar.close()
         table.fit()
+        table.memory = self._fit_memory(table)
         table.complete, table.build_seconds = True, time.time() - start
         self.store.put(table)
         chosen = (table.fit_choice or {}).get("model", "no")
@@ -210,6 +219,31 @@ class TableBuilder:
                  f"elements {table.per_weight * 1e6:+.3g} ms per million weights {table.overhead:+.3f} ms; "
                  f"the {chosen} fit, chosen by leave-one-out error)")
         return table
+
+    @property
+    def reads_memory(self) -> bool:
+        """The table fits a peak-memory model: fp32 ONNX only, as the estimate reads the fp32
+        ONNX graph it exports of a candidate."""
+        return self.fmt == "onnx" and self.precision == "fp32"
+
+    def _memory_point(self, cmp: Any, stem: Path) -> Dict[str, float]:
+        """A benched sub-network's weights and peak live activations (bytes, read from its ONNX
+        graph) and its measured peak memory: the points of the peak-memory fit and check."""
+        if not self.reads_memory or cmp.b.peak_memory_mb is None:
+            return {}
+        found = onnx_memory(stem.with_suffix(".onnx"))
+        return {"weights_bytes": found.weights_bytes, "activations_bytes": found.activations_bytes,
+                "peak_mb": cmp.b.peak_memory_mb}
+
+    def _fit_memory(self, table: LatencyTable) -> Optional[Dict[str, Any]]:
+        """The peak-memory model (lut/memory.py) fitted on the fit's sub-networks, at the
+        runtime's measured baseline; None unless `reads_memory`."""
+        points = [(MemoryBreakdown(p["weights_bytes"], p["activations_bytes"], ""), p["peak_mb"])
+                  for p in table.fit_points if "peak_mb" in p]
+        if table.memory is None or not points:
+            return None
+        model = PeakMemoryModel.fit(points, baseline_mb=table.memory["baseline_mb"])
+        return {"baseline_mb": table.memory["baseline_mb"], "model": model.to_dict()}
 
     def _fit_nets(self):
         """The fit's random sub-networks, the same sequence on every call."""
@@ -242,6 +276,15 @@ class TableBuilder:
         path = self._export(net, self.input_shape, stem.with_suffix(f".{self.fmt}"))
         return self.target.compare(full, path, rounds=COMPARE_ROUNDS)
 
+    def _memory_row(self, table: LatencyTable, cmp: Any, stem: Path) -> Dict[str, float]:
+        """A check sub-network's estimated and measured peak memory, when the table has the model."""
+        found = self._memory_point(cmp, stem)
+        if not found or not (table.memory or {}).get("model"):
+            return {}
+        estimate = peak_memory_mb(table, MemoryBreakdown(found["weights_bytes"], found["activations_bytes"], ""))
+        return {"peak_estimate_mb": round(estimate, 2), "peak_measured_mb": round(found["peak_mb"], 2),
+                "peak_error": round(estimate / found["peak_mb"] - 1, 4)}
+
     def _export(self, module: nn.Module, shape: Sequence[int], path: Path) -> Path:
         from edgeprune.export import export_artifact
 
@@ -272,12 +315,16 @@ class TableBuilder:
                 predicted = table.predict_ratio(layers) * cmp.a.p50_ms
                 rows.append({"predicted_ms": round(predicted, 4), "measured_ms": round(cmp.b.p50_ms, 4),
                              "full_ms": round(cmp.a.p50_ms, 4), "unanchored_ms": round(table.predict_ms(layers), 4),
-                             "error": round(predicted / cmp.b.p50_ms - 1, 4), "source": cmp.b.source})
+                             "error": round(predicted / cmp.b.p50_ms - 1, 4), "source": cmp.b.source,
+                             **self._memory_row(table, cmp, Path(tmp) / f"check{i}")})
                 bar.update(1)
         bar.close()
         result = {**summarize([abs(r["error"]) for r in rows]), "seed": seed,
                   "unanchored": summarize([abs(r["unanchored_ms"] / r["measured_ms"] - 1) for r in rows]),
                   "measured_source": rows[0]["source"] if rows else None, "rows": rows}
+        memory = [r["peak_error"] for r in rows if "peak_error" in r]
+        if memory:
+            result["peak_memory"] = {**error_summary(memory), "tolerance": MEMORY_TOLERANCE}
         table.check = {k: v for k, v in result.items() if k != "rows"}
         self.store.put(table)
         return result
@@ -289,6 +336,23 @@ def predict_p50(table: LatencyTable, model: nn.Module, input_shape: Sequence[int
     the prediction is anchored there: baseline x the table's ratio; else as on the day of the build."""
     layers = layers_for(table, model, input_shape)
     return table.predict_ratio(layers) * baseline_p50_ms if baseline_p50_ms else table.predict_ms(layers)
+
+
+def peak_memory_mb(table: LatencyTable, breakdown: MemoryBreakdown) -> float:
+    """The table's peak-memory estimate (MB) for a graph with this breakdown."""
+    return PeakMemoryModel.from_dict(table.memory["model"]).estimate_mb(breakdown)
+
+
+def predict_peak_mb(table: LatencyTable, model: nn.Module, input_shape: Sequence[int]) -> Optional[float]:
+    """The peak-memory estimate (MB) for `model`, read from its fp32 ONNX graph; None when the
+    table has no memory model (a TFLite table, or a target that reports no peak memory)."""
+    if not (table.memory or {}).get("model"):
+        return None
+    from edgeprune.export import export_artifact
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-peak-") as tmp:
+        path = export_artifact(model, Path(tmp) / "net.onnx", input_shape=list(input_shape))
+        return peak_memory_mb(table, onnx_memory(path))
 
 
 def predicted_measurement(table: LatencyTable, model: nn.Module, input_shape: Sequence[int], target: str,

@@ -311,7 +311,7 @@ def check_peak_memory(target: Any, onnx_paths: Iterable[str | os.PathLike],
     rows = [_row(path, breakdown, measured, model, i not in held_out)
             for i, (path, (breakdown, measured)) in enumerate(zip(paths, points))]
     return {"target": target.name, "split": split, "model": model.to_dict(), "tolerance": TOLERANCE,
-            "models": rows, **_error_summary([rows[i]["rel_error"] for i in held_out])}
+            "models": rows, **error_summary([rows[i]["rel_error"] for i in held_out])}
 
 
 def _row(path: Path, breakdown: MemoryBreakdown, measured: float, model: PeakMemoryModel,
@@ -322,7 +322,7 @@ def _row(path: Path, breakdown: MemoryBreakdown, measured: float, model: PeakMem
             "rel_error": (estimate - measured) / measured, "fitted": fitted}
 
 
-def _error_summary(errors: Sequence[float]) -> dict[str, Any]:
+def error_summary(errors: Sequence[float]) -> dict[str, Any]:
     """Share within TOLERANCE, median and max of the absolute relative errors."""
     absolute = [abs(e) for e in errors]
     return {"checked": len(absolute),
