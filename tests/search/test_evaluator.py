@@ -54,11 +54,14 @@ def test_an_estimate_prunes_recalibrates_and_predicts_without_the_target(evaluat
     assert 0 <= c.accuracy <= 100 and c.good is not None and c.met_budget is False  # a proxy never meets
     assert c.p50_ms == pytest.approx(history.baseline.p50_ms * c.macs / history.baseline.macs, rel=1e-6)
     assert ev.counts["estimate"] == before["estimate"] + 1 and ev.counts["measure"] == before["measure"]
-    # BN recalibration alone changes the unpruned model little (the tiny fine-tune, on by
-    # default, lifts this 1-epoch model by 10+ points: that is what the next test checks)
+    # BN recalibration alone does not hurt the unpruned model (the tiny fine-tune, on by
+    # default, lifts this 1-epoch model by 10+ points: that is what the next test checks). It
+    # may help: after 63 training steps the running statistics lag the weights, and on an AMD
+    # EPYC host with one thread (the test lanes' setting) recalibration took the model from
+    # 44.1% to 51.3% (2026-12-04; on the Intel VM of 2026-12-03 it moved under 5 points)
     bn_only = _bn_only(ev)
     unpruned = bn_only.evaluate(Proposal({}, "estimate"), history.next_iteration)
-    assert abs(unpruned.accuracy - history.baseline.accuracy) < 5
+    assert unpruned.accuracy > history.baseline.accuracy - 5
     assert pickle.loads(pickle.dumps(c)) == c
 
 
