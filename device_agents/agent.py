@@ -104,6 +104,7 @@ MAX_LINE_BYTES = 1 << 20
 MAX_DEPTH = 32
 LOCK_FILE = ".device.lock"
 LOCK_POLL_S = 0.05
+HOLDER_WRITE_S = 0.2  # a lock just taken has an empty record until its holder writes it
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 DEFAULT_CACHE_MAX_MB = 2048.0
 STALE_UPLOAD_S = 3600.0  # a partial upload older than this is left over from an interrupted one
@@ -622,6 +623,11 @@ def acquire_device(state, rid, op, timeout, model=None):
         return 0.0
     start = time.time()
     holder = lock.holder()
+    while not holder and time.time() - start < HOLDER_WRITE_S:  # taken a moment ago: its record is being written
+        time.sleep(0.01)
+        if lock.try_acquire(info):
+            return time.time() - start
+        holder = lock.holder()
     send({"id": rid, "event": "waiting", "holder": holder,
           "message": "waiting for the device, held by %s" % describe_holder(holder)})
     while True:
