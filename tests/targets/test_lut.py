@@ -208,6 +208,8 @@ def test_build_resumes_after_an_interruption_and_check_measures(table_target, mo
     # the peak-memory model: the runtime's measured baseline, factors fitted on the 16 fit nets
     assert table.memory["baseline_mb"] > 0 and table.memory["model"]["fitted_points"] == 16
     assert all(p["peak_mb"] > 0 and p["weights_bytes"] > 0 for p in table.fit_points)
+    # read as the fit points are (in an A/B bench, before the runs): under every network's peak
+    assert table.memory["baseline_mb"] < min(p["peak_mb"] for p in table.fit_points)
     check = builder.check(table, samples=3)
     assert check["samples"] == 3 and check["measured_source"] == "device"
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in check["rows"])
