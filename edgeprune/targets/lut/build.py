@@ -247,8 +247,7 @@ class TableBuilder:
     def _fit_memory(self, table: LatencyTable) -> Optional[Dict[str, Any]]:
         """The peak-memory model (lut/memory.py) fitted on the fit's sub-networks, at the
         runtime's measured baseline; None unless `reads_memory`."""
-        points = [(MemoryBreakdown(p["weights_bytes"], p["activations_bytes"], ""), p["peak_mb"])
-                  for p in table.fit_points if "peak_mb" in p]
+        points = [(_breakdown(p), p["peak_mb"]) for p in table.fit_points if "peak_mb" in p]
         if table.memory is None or not points:
             return None
         model = PeakMemoryModel.fit(points, baseline_mb=table.memory["baseline_mb"])
@@ -290,7 +289,7 @@ class TableBuilder:
         found = self._memory_point(cmp, stem)
         if not found or not (table.memory or {}).get("model"):
             return {}
-        estimate = peak_memory_mb(table, MemoryBreakdown(found["weights_bytes"], found["activations_bytes"], ""))
+        estimate = peak_memory_mb(table, _breakdown(found))
         return {"peak_estimate_mb": round(estimate, 2), "peak_measured_mb": round(found["peak_mb"], 2),
                 "peak_error": round(estimate / found["peak_mb"] - 1, 4)}
 
@@ -345,6 +344,11 @@ def predict_p50(table: LatencyTable, model: nn.Module, input_shape: Sequence[int
     the prediction is anchored there: baseline x the table's ratio; else as on the day of the build."""
     layers = layers_for(table, model, input_shape)
     return table.predict_ratio(layers) * baseline_p50_ms if baseline_p50_ms else table.predict_ms(layers)
+
+
+def _breakdown(point: Dict[str, float]) -> MemoryBreakdown:
+    """The memory breakdown a fit or check point holds (`TableBuilder._memory_point`)."""
+    return MemoryBreakdown(int(point["weights_bytes"]), int(point["activations_bytes"]), "")
 
 
 def peak_memory_mb(table: LatencyTable, breakdown: MemoryBreakdown) -> float:
